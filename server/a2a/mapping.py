@@ -1,0 +1,85 @@
+"""Orchestrator task <-> A2A task: states, the result artifact, and task specs from message parts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from a2a.helpers import get_data_parts, get_text_parts, new_data_part, new_text_part
+from a2a.types import Artifact, Message, Role, Task, TaskState
+from google.protobuf.json_format import ParseDict
+from google.protobuf.struct_pb2 import Value
+from pydantic import ValidationError
+
+from server.a2a.card import TEXT_TASK_CAPABILITY, TEXT_TASK_TYPE
+from server.domain.statuses import TaskStatus
+from server.domain.task_spec import TaskSpec
+from server.domain.views import TaskView
+from server.errors import InvalidInput
+
+STATE_OF: dict[str, int] = {
+    TaskStatus.PENDING_APPROVAL: TaskState.TASK_STATE_INPUT_REQUIRED,
+    TaskStatus.QUEUED: TaskState.TASK_STATE_SUBMITTED,
+    TaskStatus.RUNNING: TaskState.TASK_STATE_WORKING,
+    TaskStatus.COMPLETED: TaskState.TASK_STATE_COMPLETED,
+    TaskStatus.FAILED: TaskState.TASK_STATE_FAILED,
+    TaskStatus.DEAD: TaskState.TASK_STATE_FAILED,
+    TaskStatus.CANCELLED: TaskState.TASK_STATE_CANCELED,
+}
+SPEC_FIELDS = set(TaskSpec.model_fields) - {"pinned_agent_id"}
+
+
+def _restore_ints(value: Any) -> Any:
+    """protobuf Value stores numbers as doubles; give whole numbers their integer type back."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, list):
+        return [_restore_ints(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _restore_ints(v) for k, v in value.items()}
+    return value
+
+
+def spec_from_message(message: Message) -> TaskSpec:
+    data = [_restore_ints(d) for d in get_data_parts(message.parts)]
+    if data:
+        body = data[0]
+        if not isinstance(body, dict):
+            raise InvalidInput("the data part must be an object holding a task spec, e.g. "
+                               '{"type": "review", "payload": {...}}')
+        unknown = set(body) - SPEC_FIELDS
+        if unknown:
+            raise InvalidInput(f"unknown task spec fields {sorted(unknown)}; allowed: {sorted(SPEC_FIELDS)}")
+        try:
+            return TaskSpec.model_validate(body)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "spec"
+            raise InvalidInput(f"task spec field '{where}': {first['msg']}") from exc
+    text = "\n".join(get_text_parts(message.parts)).strip()
+    if not text:
+        raise InvalidInput("send a data part holding a task spec, or a text part")
+    return TaskSpec(type=TEXT_TASK_TYPE, payload={"text": text}, capabilities=(TEXT_TASK_CAPABILITY,))
+
+
+def result_artifact(view: TaskView) -> Artifact:
+    artifact = Artifact(artifact_id=f"{view.id}-result", name="result")
+    part = new_data_part(view.result) if view.result is not None else new_text_part("")
+    artifact.parts.append(part)
+    return artifact
+
+
+def mirror(task: Task, view: TaskView) -> Task:
+    """The stored A2A task with the orchestrator task's current state laid over it."""
+    task.status.state = STATE_OF[view.status]
+    task.status.timestamp.FromJsonString(view.updated_at)
+    if view.status in (TaskStatus.FAILED, TaskStatus.DEAD, TaskStatus.CANCELLED) and view.error:
+        task.status.message.CopyFrom(Message(message_id=f"{view.id}-status", role=Role.ROLE_AGENT,
+                                             parts=[new_text_part(view.error)]))
+    if view.status == TaskStatus.COMPLETED and not task.artifacts:
+        task.artifacts.append(result_artifact(view))
+    task.metadata.update({"orchestrator_status": view.status, "attempts": view.attempts})
+    return task
+
+
+def to_value(data: Any) -> Value:
+    return ParseDict(data, Value())

@@ -1,0 +1,39 @@
+"""Starlette routes for A2A: the public agent card and the authenticated JSON-RPC endpoint."""
+
+from __future__ import annotations
+
+from a2a.server.agent_execution import SimpleRequestContextBuilder
+from a2a.server.context import ServerCallContext
+from a2a.server.request_handlers import DefaultRequestHandler
+from a2a.server.routes import DefaultServerCallContextBuilder, create_agent_card_routes, create_jsonrpc_routes
+from starlette.requests import Request
+from starlette.routing import BaseRoute
+
+from server.a2a.card import build_card
+from server.a2a.executor import PRINCIPAL_KEY, OrchestratorExecutor, TaskIdGenerator
+from server.a2a.task_store import OrchestratorTaskStore
+from server.domain.principal import Principal, Role
+from server.services.container import Services
+
+
+class PrincipalContextBuilder(DefaultServerCallContextBuilder):
+    """Carry our principal (set by the bearer middleware) into the A2A call context."""
+
+    def build(self, request: Request) -> ServerCallContext:
+        ctx = super().build(request)
+        token = getattr(request.scope.get("user"), "access_token", None)
+        if token is not None:
+            ctx.state[PRINCIPAL_KEY] = Principal(Role(token.client_id), token.subject or "")
+        return ctx
+
+
+def a2a_routes(services: Services) -> tuple[list[BaseRoute], list[BaseRoute], DefaultRequestHandler]:
+    """(public card routes, JSON-RPC routes to protect, the handler to close on shutdown)."""
+    card = build_card(services.settings.base_url)
+    store = OrchestratorTaskStore(services)
+    handler = DefaultRequestHandler(
+        agent_executor=OrchestratorExecutor(services), task_store=store, agent_card=card,
+        request_context_builder=SimpleRequestContextBuilder(task_store=store, task_id_generator=TaskIdGenerator()),
+    )
+    rpc = create_jsonrpc_routes(handler, rpc_url="/a2a", context_builder=PrincipalContextBuilder())
+    return list(create_agent_card_routes(card)), list(rpc), handler

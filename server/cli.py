@@ -1,0 +1,156 @@
+"""The `agentfleet` command: serve (HTTP or stdio), db upgrade, status."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+
+from server import __version__
+from server.admin_token import AdminToken, ensure_admin_token
+from server.errors import FleetError
+from server.settings import Settings, load_settings
+
+log = logging.getLogger("agentfleet")
+
+
+def _add_store_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", help="where the SQLite store and admin token live (AGENTFLEET_DATA_DIR)")
+    parser.add_argument("--database-url", help="SQLite or postgresql:// URL (AGENTFLEET_DATABASE_URL)")
+    parser.add_argument("--profiles-dir", help="an extra folder of YAML profiles (AGENTFLEET_PROFILES_DIR)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="agentfleet", description="Orchestration server for fleets of AI agents.")
+    parser.add_argument("--version", action="version", version=f"agentfleet {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the server (HTTP; or MCP over stdio with --stdio)")
+    _add_store_flags(serve)
+    serve.add_argument("--host", help="bind address (AGENTFLEET_HOST, default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (AGENTFLEET_PORT, default 8765)")
+    serve.add_argument("--stdio", action="store_true", help="speak MCP on stdin/stdout instead of HTTP")
+    serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="AGENTFLEET_LOG_LEVEL")
+
+    db = commands.add_parser("db", help="store maintenance")
+    db_commands = db.add_subparsers(dest="db_command", required=True)
+    upgrade = db_commands.add_parser("upgrade", help="apply migrations (serve does this on start)")
+    _add_store_flags(upgrade)
+
+    status = commands.add_parser("status", help="fleet summary in the terminal")
+    _add_store_flags(status)
+    status.add_argument("--json", action="store_true", help="print JSON")
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return load_settings(
+        data_dir=args.data_dir, database_url=args.database_url, profiles_dir=args.profiles_dir,
+        host=getattr(args, "host", None), port=getattr(args, "port", None),
+        log_level=getattr(args, "log_level", None),
+    )
+
+
+def _configure_logging(level: str) -> None:
+    # Before MCPServer is built: it calls basicConfig, and stdout must stay clean for stdio.
+    logging.basicConfig(level=level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _announce(settings: Settings, admin: AdminToken, stdio: bool) -> None:
+    out = sys.stderr if stdio else sys.stdout
+    where = "MCP over stdio" if stdio else f"{settings.base_url}  (MCP {settings.base_url}/mcp, A2A {settings.base_url}/a2a)"
+    print(f"agentfleet {__version__} listening on {where}", file=out)
+    print(f"data dir: {settings.data_dir}", file=out)
+    if admin.created:
+        print(f"admin token (shown once; kept in {admin.path}): {admin.value}", file=out)
+    out.flush()
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import anyio
+    import uvicorn
+
+    from server.http.app import create_app
+    from server.metrics import Metrics
+    from server.services.container import build_services
+    from tools import build_mcp
+
+    settings = _settings(args)
+    _configure_logging(settings.log_level)
+    admin = ensure_admin_token(settings)
+    services = build_services(settings, admin.value)
+    try:
+        if args.stdio:
+            mcp = build_mcp(services, Metrics(services.fleet), default_token=settings.token)
+            _announce(settings, admin, stdio=True)
+            anyio.run(mcp.run_stdio_async)
+            return 0
+        app = create_app(services)
+        config = uvicorn.Config(app, host=settings.host, port=settings.port, loop="uvloop", http="httptools",
+                                log_level=settings.log_level, access_log=False, lifespan="on")
+        server = uvicorn.Server(config)
+        _announce(settings, admin, stdio=False)
+        server.run()
+        return 0
+    finally:
+        services.close()
+
+
+def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    from server.store import migrate
+    from server.store.database import create_store_engine
+
+    settings = _settings(args)
+    engine = create_store_engine(settings.resolved_database_url)
+    try:
+        migrate.upgrade(engine)
+        print(f"store at revision {migrate.current_revision(engine)}")
+    finally:
+        engine.dispose()
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from server.services.fleet import FleetService
+    from server.store import migrate
+    from server.store.database import Database, create_store_engine
+
+    settings = _settings(args)
+    db = Database(create_store_engine(settings.resolved_database_url))
+    try:
+        if not migrate.is_current(db.engine):
+            print("the store is not migrated; run `agentfleet db upgrade` or start the server", file=sys.stderr)
+            return 1
+        status = FleetService(db).counts_sync()
+    finally:
+        db.dispose()
+    if args.json:
+        print(json.dumps(status.model_dump(), indent=2))
+        return 0
+    print("agents: " + ", ".join(f"{k} {v}" for k, v in status.agents.items() if v) or "agents: none")
+    print(f"{'task status':<18}" + "".join(f"{p:>10}" for p in ("critical", "high", "normal", "low")))
+    for name, by_priority in status.tasks.items():
+        print(f"{name:<18}" + "".join(f"{by_priority[p]:>10}" for p in ("critical", "high", "normal", "low")))
+    print(f"total: {status.totals['agents']} agents, {status.totals['tasks']} tasks")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handlers = {"serve": cmd_serve, "status": cmd_status}
+    try:
+        if args.command == "db":
+            return cmd_db_upgrade(args)
+        return handlers[args.command](args)
+    except FleetError as exc:
+        print(f"agentfleet: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,103 @@
+"""The app: /mcp (Streamable HTTP), /a2a (JSON-RPC) and the agent card, /healthz, /readyz, /metrics.
+
+Everything but /healthz and the agent card needs a bearer token."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from ipaddress import ip_address
+from urllib.parse import urlsplit
+
+import anyio
+from mcp.server.auth.middleware.bearer_auth import BearerAuthBackend, RequireAuthMiddleware
+from mcp.server.transport_security import TransportSecuritySettings
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.authentication import AuthenticationMiddleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Mount, Route, request_response
+from starlette.types import ASGIApp
+
+from server.a2a.routes import a2a_routes
+from server.http.observe import RequestMetricsMiddleware
+from server.metrics import Metrics
+from server.services.container import Services
+from server.store import migrate
+from tools import SCOPE, FleetTokenVerifier, build_mcp
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def transport_security(services: Services) -> TransportSecuritySettings:
+    """DNS-rebinding protection guards unauthenticated local servers; every request here needs a
+    token, and a server bound beyond loopback is reached by names we cannot list, so it is on only
+    for loopback binds."""
+    settings = services.settings
+    if not _is_loopback(settings.host):
+        return TransportSecuritySettings(enable_dns_rebinding_protection=False)
+    hosts = ["127.0.0.1:*", "localhost:*", "[::1]:*"]
+    public = urlsplit(settings.base_url).netloc
+    if public and public not in hosts:
+        hosts.append(public)
+    return TransportSecuritySettings(allowed_hosts=hosts, allowed_origins=[f"http://{h}" for h in hosts])
+
+
+def _healthz(_request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+def create_app(services: Services, metrics: Metrics | None = None) -> Starlette:
+    metrics = metrics or Metrics(services.fleet)
+    mcp = build_mcp(services, metrics, http=True)
+    mcp_app = mcp.streamable_http_app(streamable_http_path="/mcp", transport_security=transport_security(services))
+    card_routes, rpc_routes, a2a_handler = a2a_routes(services)
+    verifier = FleetTokenVerifier(services.auth)
+
+    async def readyz(_request: Request) -> Response:
+        def check() -> tuple[bool, bool]:
+            reachable = services.db.ping()
+            return reachable, reachable and migrate.is_current(services.db.engine)
+
+        reachable, current = await anyio.to_thread.run_sync(check)
+        body = {"store": "ok" if reachable else "unreachable",
+                "migrations": "current" if current else "behind" if reachable else "unknown"}
+        return JSONResponse(body, status_code=200 if current else 503)
+
+    async def metrics_endpoint(_request: Request) -> Response:
+        body = await anyio.to_thread.run_sync(metrics.render)
+        return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    def protected(path: str, app: ASGIApp, methods: list[str]) -> Route:
+        return Route(path, RequireAuthMiddleware(app, required_scopes=[SCOPE]), methods=methods)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        async with mcp.session_manager.run():  # Starlette never runs a mounted app's lifespan
+            yield
+        await a2a_handler.aclose()
+
+    routes = [
+        Route("/healthz", _healthz, methods=["GET"]),
+        protected("/readyz", request_response(readyz), ["GET"]),
+        protected("/metrics", request_response(metrics_endpoint), ["GET"]),
+        *card_routes,
+        *[protected(r.path, r.app, ["POST"]) for r in rpc_routes if isinstance(r, Route)],
+        Mount("/", app=mcp_app),  # last: serves /mcp and the OAuth protected-resource metadata
+    ]
+    return Starlette(
+        routes=routes,
+        middleware=[
+            Middleware(RequestMetricsMiddleware, metrics=metrics),
+            Middleware(AuthenticationMiddleware, backend=BearerAuthBackend(verifier)),
+        ],
+        lifespan=lifespan,
+    )

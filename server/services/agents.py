@@ -1,0 +1,214 @@
+"""Agents: spawn, list, get, terminate (cascading), heartbeat."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import Connection, Row, func, select, update
+
+from server.clock import Clock, to_iso
+from server.domain.principal import Principal
+from server.domain.statuses import LIVE_AGENT_STATUSES, AgentStatus, agent_sources
+from server.domain.views import AgentView, SpawnedAgent
+from server.errors import Conflict, InvalidInput, NotFound, PermissionDenied
+from server.ids import AGENT, new_id
+from server.services import audit
+from server.services.auth import hash_token, new_agent_token
+from server.services.profiles import ProfileRegistry
+from server.store.database import Database
+from server.store.tables import agents, tasks
+from server.domain.statuses import TaskStatus
+
+CAPABILITY = re.compile(r"^[a-z0-9][a-z0-9_.:-]{0,63}$")
+NAME = re.compile(r"^[\w .:@/-]{1,200}$")
+_LIVE = [s.value for s in LIVE_AGENT_STATUSES]
+
+
+def validate_capabilities(values: Sequence[str]) -> list[str]:
+    if len(values) > 64:
+        raise InvalidInput("at most 64 capabilities")
+    bad = [v for v in values if not isinstance(v, str) or not CAPABILITY.match(v)]
+    if bad:
+        raise InvalidInput(f"malformed capabilities {bad}: use lowercase letters, digits and _.:- (max 64 chars)")
+    return sorted(set(values))
+
+
+def agent_view(row: Row[Any], children: list[str] | None = None) -> AgentView:
+    return AgentView(
+        id=row.id, name=row.name, profile=f"{row.profile}@{row.profile_version}", runtime=row.runtime,
+        capabilities=list(row.capabilities), parent_id=row.parent_id, depth=row.depth, status=row.status,
+        created_at=to_iso(row.created_at), last_heartbeat_at=to_iso(row.last_heartbeat_at),
+        terminated_at=to_iso(row.terminated_at), labels=dict(row.labels), children=children,
+    )
+
+
+def _visible(conn: Connection, principal: Principal, agent_id: str) -> bool:
+    """Admin sees every agent; an agent sees itself and its descendants."""
+    if principal.is_admin or agent_id == principal.id:
+        return True
+    current: str | None = agent_id
+    for _ in range(64):
+        current = conn.execute(select(agents.c.parent_id).where(agents.c.id == current)).scalar()
+        if current is None:
+            return False
+        if current == principal.id:
+            return True
+    return False
+
+
+def descendants(conn: Connection, root_id: str) -> list[str]:
+    """Every agent below root, breadth first."""
+    found: list[str] = []
+    frontier = [root_id]
+    while frontier:
+        frontier = list(conn.execute(select(agents.c.id).where(agents.c.parent_id.in_(frontier))).scalars())
+        found.extend(frontier)
+    return found
+
+
+class AgentService:
+    def __init__(self, db: Database, clock: Clock, profiles: ProfileRegistry) -> None:
+        self._db = db
+        self._clock = clock
+        self._profiles = profiles
+
+    # -- spawn ---------------------------------------------------------------------------------
+    async def spawn(self, principal: Principal, profile: str, name: str | None = None,
+                    capabilities: Sequence[str] = (), parent_id: str | None = None,
+                    labels: dict[str, str] | None = None) -> SpawnedAgent:
+        chosen = self._profiles.resolve(profile)
+        extra = validate_capabilities(capabilities)
+        labels = dict(labels or {})
+        if len(labels) > 32 or any(len(k) > 64 or len(str(v)) > 256 for k, v in labels.items()):
+            raise InvalidInput("labels: at most 32, keys up to 64 and values up to 256 characters")
+        if name is not None and not NAME.match(name):
+            raise InvalidInput("name: 1-200 characters of letters, digits, space and ._:@/-")
+        if principal.agent_id is not None:
+            if parent_id not in (None, principal.agent_id):
+                raise PermissionDenied("an agent may spawn children only under itself; omit parent_id")
+            parent_id = principal.agent_id
+        token = new_agent_token()
+        row = await self._db.write(self._spawn_tx, principal, chosen.name, chosen.version, chosen.runtime.value,
+                                   sorted({*chosen.capabilities, *extra}), name, parent_id, labels, token)
+        return SpawnedAgent(agent=agent_view(row), token=token)
+
+    def _spawn_tx(self, conn: Connection, principal: Principal, profile: str, version: str, runtime: str,
+                  capabilities: list[str], name: str | None, parent_id: str | None,
+                  labels: dict[str, str], token: str) -> Row[Any]:
+        now = self._clock.now_us()
+        depth = 0
+        if parent_id is not None:
+            depth = self._check_parent(conn, parent_id)
+        agent_id = new_id(AGENT)
+        conn.execute(agents.insert().values(
+            id=agent_id, name=name or f"{profile}-{agent_id[-6:].lower()}", profile=profile,
+            profile_version=version, runtime=runtime, capabilities=capabilities, parent_id=parent_id,
+            depth=depth, status=AgentStatus.STARTING.value, token_hash=hash_token(token),
+            created_by=principal.id, created_at=now, labels=labels,
+        ))
+        audit.record(conn, now, principal, "agent.spawn", agent_id,
+                     {"profile": f"{profile}@{version}", "parent_id": parent_id})
+        return conn.execute(select(agents).where(agents.c.id == agent_id)).one()
+
+    def _check_parent(self, conn: Connection, parent_id: str) -> int:
+        # FOR UPDATE serializes concurrent spawns under one parent on PostgreSQL, so the
+        # children count below cannot be raced past; SQLite's write lock already does.
+        parent = conn.execute(select(agents).where(agents.c.id == parent_id).with_for_update()).first()
+        if parent is None:
+            raise NotFound(f"no agent {parent_id}")
+        if parent.status not in _LIVE:
+            raise Conflict(f"parent {parent_id} is {parent.status}; only a live agent can have children")
+        limits = self._profiles.resolve(f"{parent.profile}@{parent.profile_version}").limits
+        live_children = conn.execute(select(func.count()).select_from(agents).where(
+            agents.c.parent_id == parent_id, agents.c.status.in_(_LIVE))).scalar_one()
+        if live_children >= limits.max_children:
+            raise Conflict(f"parent {parent_id} already has {live_children} live children; its profile "
+                           f"allows {limits.max_children}")
+        if parent.depth + 1 > limits.max_depth:
+            raise Conflict(f"a child of {parent_id} would be at depth {parent.depth + 1}; its profile "
+                           f"allows depth {limits.max_depth}")
+        return parent.depth + 1
+
+    # -- read ----------------------------------------------------------------------------------
+    async def get(self, principal: Principal, agent_id: str) -> AgentView:
+        return await self._db.read(self._get_tx, principal, agent_id)
+
+    def _get_tx(self, conn: Connection, principal: Principal, agent_id: str) -> AgentView:
+        row = conn.execute(select(agents).where(agents.c.id == agent_id)).first()
+        if row is None or not _visible(conn, principal, agent_id):
+            raise NotFound(f"no agent {agent_id}")
+        children = list(conn.execute(
+            select(agents.c.id).where(agents.c.parent_id == agent_id).order_by(agents.c.id)).scalars())
+        return agent_view(row, children)
+
+    async def list(self, principal: Principal, status: AgentStatus | None = None, profile: str | None = None,
+                   parent_id: str | None = None, limit: int = 100) -> list[AgentView]:
+        return await self._db.read(self._list_tx, principal, status, profile, parent_id, limit)
+
+    def _list_tx(self, conn: Connection, principal: Principal, status: AgentStatus | None,
+                 profile: str | None, parent_id: str | None, limit: int) -> list[AgentView]:
+        query = select(agents).order_by(agents.c.id).limit(limit)
+        if status is not None:
+            query = query.where(agents.c.status == status.value)
+        if profile is not None:
+            query = query.where(agents.c.profile == profile.partition("@")[0])
+        if parent_id is not None:
+            query = query.where(agents.c.parent_id == parent_id)
+        if not principal.is_admin:
+            query = query.where(agents.c.id.in_([principal.id, *descendants(conn, principal.id)]))
+        return [agent_view(row) for row in conn.execute(query)]
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    async def terminate(self, principal: Principal, agent_id: str, cascade: bool = True) -> list[str]:
+        return await self._db.write(self._terminate_tx, principal, agent_id, cascade)
+
+    def _terminate_tx(self, conn: Connection, principal: Principal, agent_id: str, cascade: bool) -> list[str]:
+        now = self._clock.now_us()
+        row = conn.execute(select(agents.c.status).where(agents.c.id == agent_id)).first()
+        if row is None or not _visible(conn, principal, agent_id):
+            raise NotFound(f"no agent {agent_id}")
+        if row.status == AgentStatus.TERMINATED:
+            raise Conflict(f"agent {agent_id} is already terminated")
+        below = descendants(conn, agent_id)
+        live_below = list(conn.execute(select(agents.c.id).where(
+            agents.c.id.in_(below), agents.c.status.in_(_LIVE))).scalars()) if below else []
+        if live_below and not cascade:
+            raise Conflict(f"agent {agent_id} has live children {live_below}; pass cascade=true "
+                           "or terminate them first")
+        targets = [agent_id, *live_below]
+        sources = [s.value for s in agent_sources(AgentStatus.TERMINATED)]
+        ended = conn.execute(
+            update(agents).where(agents.c.id.in_(targets), agents.c.status.in_(sources))
+            .values(status=AgentStatus.TERMINATED.value, token_hash=None, terminated_at=now)
+            .returning(agents.c.id)
+        ).scalars().all()
+        self._requeue_held_tasks(conn, list(ended), now)
+        for ended_id in ended:
+            audit.record(conn, now, principal, "agent.terminate", ended_id, {"cascade_from": agent_id})
+        return [agent_id, *sorted(set(ended) - {agent_id})]
+
+    def _requeue_held_tasks(self, conn: Connection, agent_ids: list[str], now: int) -> None:
+        """Work held by an agent that is gone goes back to the queue for another agent."""
+        if not agent_ids:
+            return
+        conn.execute(update(tasks).where(
+            tasks.c.agent_id.in_(agent_ids), tasks.c.status == TaskStatus.RUNNING.value,
+        ).values(status=TaskStatus.QUEUED.value, lease_expires_at=None, updated_at=now))
+
+    async def heartbeat(self, principal: Principal) -> AgentView:
+        if principal.agent_id is None:
+            raise InvalidInput("agent_heartbeat must be called with an agent's token; the admin is not an agent")
+        return await self._db.write(self._heartbeat_tx, principal)
+
+    def _heartbeat_tx(self, conn: Connection, principal: Principal) -> AgentView:
+        now = self._clock.now_us()
+        sources = [s.value for s in agent_sources(AgentStatus.ACTIVE)] + [AgentStatus.ACTIVE.value]
+        result = conn.execute(
+            update(agents).where(agents.c.id == principal.id, agents.c.status.in_(sources))
+            .values(status=AgentStatus.ACTIVE.value, last_heartbeat_at=now).returning(*agents.c)
+        ).first()
+        if result is None:
+            raise Conflict(f"agent {principal.id} is not live; it cannot heartbeat")
+        return agent_view(result)

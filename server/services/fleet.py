@@ -1,0 +1,41 @@
+"""Fleet-wide summaries."""
+
+from __future__ import annotations
+
+from sqlalchemy import Connection, func, select
+
+from server.domain.priority import Priority
+from server.domain.statuses import AgentStatus, TaskStatus
+from server.domain.views import FleetStatus
+from server.store.database import Database
+from server.store.tables import agents, tasks
+
+_agents_by_status = select(agents.c.status, func.count()).group_by(agents.c.status)
+_tasks_by_status = select(tasks.c.status, tasks.c.priority, func.count()).group_by(tasks.c.status, tasks.c.priority)
+
+
+class FleetService:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def status(self) -> FleetStatus:
+        return await self._db.read(self._status_tx)
+
+    @staticmethod
+    def _status_tx(conn: Connection) -> FleetStatus:
+        agent_counts = {s.value: 0 for s in AgentStatus}
+        for status, count in conn.execute(_agents_by_status):
+            agent_counts[status] = count
+        task_counts = {s.value: {p.value: 0 for p in Priority} for s in TaskStatus}
+        for status, rank, count in conn.execute(_tasks_by_status):
+            task_counts[status][Priority.from_rank(rank).value] = count
+        return FleetStatus(
+            agents=agent_counts,
+            tasks=task_counts,
+            totals={"agents": sum(agent_counts.values()),
+                    "tasks": sum(sum(by_p.values()) for by_p in task_counts.values())},
+        )
+
+    def counts_sync(self) -> FleetStatus:
+        """For the metrics scrape, which runs in a worker thread already."""
+        return self._db.read_sync(self._status_tx)

@@ -1,0 +1,169 @@
+"""Tasks: submit, get, list, cancel. Every status change is a conditional UPDATE whose WHERE
+clause is the transition table's source set, so a lost race changes nothing."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+from sqlalchemy import Connection, Row, or_, select, update
+from sqlalchemy.exc import IntegrityError
+
+from server.clock import Clock, to_iso
+from server.domain.principal import Principal
+from server.domain.priority import Priority
+from server.domain.statuses import LIVE_AGENT_STATUSES, TaskStatus, task_sources
+from server.domain.task_spec import TaskSpec, payload_size
+from server.domain.views import TaskView
+from server.errors import Conflict, InvalidInput, NotFound
+from server.ids import TASK, new_id
+from server.services import audit
+from server.services.agents import validate_capabilities
+from server.store.database import Database
+from server.store.tables import agents, tasks
+
+_LIVE = [s.value for s in LIVE_AGENT_STATUSES]
+
+
+def task_view(row: Row[Any]) -> TaskView:
+    return TaskView(
+        id=row.id, type=row.type, payload=row.payload, capabilities=list(row.capabilities),
+        priority=Priority.from_rank(row.priority).value, status=row.status,
+        pinned_agent_id=row.pinned_agent_id, agent_id=row.agent_id, submitted_by=row.submitted_by,
+        created_at=to_iso(row.created_at), updated_at=to_iso(row.updated_at),
+        started_at=to_iso(row.started_at), finished_at=to_iso(row.finished_at), attempts=row.attempts,
+        max_attempts=row.max_attempts, lease_expires_at=to_iso(row.lease_expires_at),
+        cancel_requested=row.cancel_requested, idempotency_key=row.idempotency_key,
+        result=row.result, error=row.error,
+    )
+
+
+def _encode_cursor(task_id: str) -> str:
+    return base64.urlsafe_b64encode(task_id.encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> str:
+    try:
+        return base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidInput("cursor is not one this server issued") from None
+
+
+class TaskService:
+    def __init__(self, db: Database, clock: Clock, max_payload_bytes: int) -> None:
+        self._db = db
+        self._clock = clock
+        self._max_payload = max_payload_bytes
+
+    # -- submit --------------------------------------------------------------------------------
+    async def submit(self, principal: Principal, spec: TaskSpec, task_id: str | None = None) -> TaskView:
+        """Queue a task. `task_id` lets an adapter choose the id (A2A uses its own task id)."""
+        size = payload_size(spec.payload)
+        if size > self._max_payload:
+            raise InvalidInput(f"payload is {size} bytes; the limit is {self._max_payload} "
+                               "(AGENTFLEET_MAX_PAYLOAD_BYTES)")
+        spec = spec.model_copy(update={"capabilities": tuple(validate_capabilities(spec.capabilities))})
+        return await self._db.write(self._submit_tx, principal, spec, task_id or new_id(TASK))
+
+    def _submit_tx(self, conn: Connection, principal: Principal, spec: TaskSpec, task_id: str) -> TaskView:
+        now = self._clock.now_us()
+        digest = spec.spec_hash()
+        if spec.idempotency_key is not None:
+            existing = conn.execute(select(tasks).where(tasks.c.idempotency_key == spec.idempotency_key)).first()
+            if existing is not None:
+                return self._replay(existing, digest, spec.idempotency_key)
+        if spec.pinned_agent_id is not None:
+            self._check_pin(conn, spec.pinned_agent_id)
+        values = dict(
+            id=task_id, type=spec.type, payload=spec.payload, capabilities=list(spec.capabilities),
+            priority=spec.priority.rank, status=TaskStatus.QUEUED.value, pinned_agent_id=spec.pinned_agent_id,
+            submitted_by=principal.id, created_at=now, updated_at=now, attempts=0,
+            max_attempts=spec.max_attempts, cancel_requested=False, idempotency_key=spec.idempotency_key,
+            spec_hash=digest,
+        )
+        try:
+            with conn.begin_nested():
+                conn.execute(tasks.insert().values(**values))
+        except IntegrityError:
+            # Another replica inserted the same idempotency key between our check and insert.
+            existing = conn.execute(select(tasks).where(tasks.c.idempotency_key == spec.idempotency_key)).first()
+            if existing is None:
+                raise
+            return self._replay(existing, digest, spec.idempotency_key or "")
+        audit.record(conn, now, principal, "task.submit", task_id, {"type": spec.type})
+        return task_view(conn.execute(select(tasks).where(tasks.c.id == task_id)).one())
+
+    @staticmethod
+    def _replay(existing: Row[Any], digest: str, key: str) -> TaskView:
+        if existing.spec_hash != digest:
+            raise Conflict(f"idempotency_key {key!r} was used for task {existing.id} with a different spec")
+        return task_view(existing)
+
+    @staticmethod
+    def _check_pin(conn: Connection, agent_id: str) -> None:
+        status = conn.execute(select(agents.c.status).where(agents.c.id == agent_id)).scalar()
+        if status is None:
+            raise NotFound(f"no agent {agent_id} to pin the task to")
+        if status not in _LIVE:
+            raise Conflict(f"agent {agent_id} is {status}; a task can be pinned only to a live agent")
+
+    # -- read ----------------------------------------------------------------------------------
+    async def get(self, principal: Principal, task_id: str) -> TaskView:
+        return await self._db.read(self._get_tx, principal, task_id)
+
+    def _get_tx(self, conn: Connection, principal: Principal, task_id: str) -> TaskView:
+        row = conn.execute(select(tasks).where(tasks.c.id == task_id)).first()
+        if row is None or not self._may_see(principal, row):
+            raise NotFound(f"no task {task_id}")
+        return task_view(row)
+
+    @staticmethod
+    def _may_see(principal: Principal, row: Row[Any]) -> bool:
+        return principal.is_admin or principal.id in (row.submitted_by, row.agent_id, row.pinned_agent_id)
+
+    async def list(self, principal: Principal, status: TaskStatus | None = None, type: str | None = None,
+                   agent_id: str | None = None, limit: int = 50, cursor: str | None = None
+                   ) -> tuple[list[TaskView], str | None]:
+        after = _decode_cursor(cursor) if cursor else None
+        return await self._db.read(self._list_tx, principal, status, type, agent_id, limit, after)
+
+    def _list_tx(self, conn: Connection, principal: Principal, status: TaskStatus | None, type_: str | None,
+                 agent_id: str | None, limit: int, after: str | None) -> tuple[list[TaskView], str | None]:
+        query = select(tasks).order_by(tasks.c.id.desc()).limit(limit + 1)
+        if status is not None:
+            query = query.where(tasks.c.status == status.value)
+        if type_ is not None:
+            query = query.where(tasks.c.type == type_)
+        if agent_id is not None:
+            query = query.where(tasks.c.agent_id == agent_id)
+        if after is not None:
+            query = query.where(tasks.c.id < after)
+        if not principal.is_admin:
+            query = query.where(or_(tasks.c.submitted_by == principal.id, tasks.c.agent_id == principal.id,
+                                    tasks.c.pinned_agent_id == principal.id))
+        rows = conn.execute(query).all()
+        page = [task_view(r) for r in rows[:limit]]
+        return page, (_encode_cursor(page[-1].id) if len(rows) > limit else None)
+
+    # -- cancel --------------------------------------------------------------------------------
+    async def cancel(self, principal: Principal, task_id: str, reason: str | None = None) -> TaskView:
+        return await self._db.write(self._cancel_tx, principal, task_id, reason)
+
+    def _cancel_tx(self, conn: Connection, principal: Principal, task_id: str, reason: str | None) -> TaskView:
+        now = self._clock.now_us()
+        row = conn.execute(select(tasks).where(tasks.c.id == task_id)).first()
+        if row is None or not (principal.is_admin or principal.id == row.submitted_by):
+            raise NotFound(f"no task {task_id} that you submitted")
+        error = f"cancelled by {principal.id}" + (f": {reason}" if reason else "")
+        cancellable = [s.value for s in task_sources(TaskStatus.CANCELLED) if s is not TaskStatus.RUNNING]
+        done = conn.execute(update(tasks).where(tasks.c.id == task_id, tasks.c.status.in_(cancellable)).values(
+            status=TaskStatus.CANCELLED.value, finished_at=now, updated_at=now, error=error)).rowcount
+        if not done:
+            # A running task is cancelled cooperatively: its holder learns it on heartbeat.
+            done = conn.execute(update(tasks).where(
+                tasks.c.id == task_id, tasks.c.status == TaskStatus.RUNNING.value,
+            ).values(cancel_requested=True, updated_at=now)).rowcount
+        if not done:
+            raise Conflict(f"task {task_id} is already {row.status}")
+        audit.record(conn, now, principal, "task.cancel", task_id, {"reason": reason})
+        return task_view(conn.execute(select(tasks).where(tasks.c.id == task_id)).one())

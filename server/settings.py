@@ -1,0 +1,81 @@
+"""One Settings object, read once at the entry point. Precedence: flag > environment > default."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from server.errors import InvalidInput
+
+ENV_PREFIX = "AGENTFLEET_"
+
+
+def default_data_dir() -> Path:
+    xdg = os.environ.get("XDG_DATA_HOME")
+    base = Path(xdg) if xdg else Path.home() / ".local" / "share"
+    return base / "agentfleet"
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path = field(default_factory=default_data_dir)
+    database_url: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 8765
+    admin_token: str | None = None
+    profiles_dir: Path | None = None
+    # Where this server is reached, for agents it starts and for the A2A card.
+    public_url: str | None = None
+    # The principal a stdio session acts as (unset: admin).
+    token: str | None = None
+    max_payload_bytes: int = 256 * 1024
+    log_level: str = "info"
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'agentfleet.db'}"
+
+    @property
+    def base_url(self) -> str:
+        return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
+
+    def with_overrides(self, **overrides: Any) -> Settings:
+        return replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(ENV_PREFIX + name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise InvalidInput(f"{ENV_PREFIX}{name} must be an integer, got {raw!r}") from None
+
+
+def load_settings(env: Mapping[str, str] | None = None, **flags: Any) -> Settings:
+    env = os.environ if env is None else env
+
+    def text(name: str) -> str | None:
+        return env.get(ENV_PREFIX + name) or None
+
+    data_dir = text("DATA_DIR")
+    profiles_dir = text("PROFILES_DIR")
+    from_env = Settings(
+        data_dir=Path(data_dir).expanduser() if data_dir else default_data_dir(),
+        database_url=text("DATABASE_URL"),
+        host=text("HOST") or "127.0.0.1",
+        port=_int(env, "PORT", 8765),
+        admin_token=text("ADMIN_TOKEN"),
+        profiles_dir=Path(profiles_dir).expanduser() if profiles_dir else None,
+        public_url=text("URL"),
+        token=text("TOKEN"),
+        max_payload_bytes=_int(env, "MAX_PAYLOAD_BYTES", 256 * 1024),
+        log_level=text("LOG_LEVEL") or "info",
+    )
+    if "data_dir" in flags and flags["data_dir"] is not None:
+        flags["data_dir"] = Path(flags["data_dir"]).expanduser()
+    return from_env.with_overrides(**flags)

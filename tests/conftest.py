@@ -1,0 +1,145 @@
+"""One suite, two stores: every store-touching test runs on SQLite and, when
+AGENTFLEET_TEST_DATABASE_URL is set, on PostgreSQL too (a fresh database per test, cloned from a
+migrated template). With AGENTFLEET_REQUIRE_POSTGRES=1 (CI) the run fails if no PostgreSQL test ran."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
+
+import pytest
+from mcp import Client
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from server.clock import FakeClock
+from server.metrics import Metrics
+from server.services.container import Services, build_services
+from server.settings import Settings
+from server.store import migrate
+from server.store.database import create_store_engine, normalize_url
+from tools import build_mcp
+
+ADMIN_TOKEN = "afk_test-admin-token-0123456789abcdefghijklmnop"
+PG_URL = os.environ.get("AGENTFLEET_TEST_DATABASE_URL")
+REQUIRE_PG = os.environ.get("AGENTFLEET_REQUIRE_POSTGRES") == "1"
+_pg_tests_run = 0
+_db_counter = itertools.count()
+_template: str | None = None
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def _admin_url(url: str) -> str:
+    return str(make_url(normalize_url(url)).set(database="postgres"))
+
+
+def _pg_template() -> str:
+    """Migrate one template database per session; each test clones it (fast, isolated)."""
+    global _template
+    if _template is None:
+        assert PG_URL
+        base = make_url(normalize_url(PG_URL)).database
+        name = f"{base}_tpl_{uuid.uuid4().hex[:8]}"
+        admin = create_engine(_admin_url(PG_URL), isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+        admin.dispose()
+        engine = create_store_engine(str(make_url(normalize_url(PG_URL)).set(database=name)))
+        migrate.upgrade(engine)
+        engine.dispose()
+        _template = name
+    return _template
+
+
+def _fresh_pg_database() -> tuple[str, Callable[[], None]]:
+    assert PG_URL
+    template = _pg_template()
+    name = f"{template}_{next(_db_counter)}"
+    admin = create_engine(_admin_url(PG_URL), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{template}"'))
+
+    def drop() -> None:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+    return str(make_url(normalize_url(PG_URL)).set(database=name)).replace("***", make_url(
+        normalize_url(PG_URL)).password or ""), drop
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if _template is not None:
+        admin = create_engine(_admin_url(PG_URL or ""), isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{_template}" WITH (FORCE)'))
+        admin.dispose()
+    if REQUIRE_PG and _pg_tests_run == 0 and exitstatus in (0, 1) and session.testscollected:
+        print("\nAGENTFLEET_REQUIRE_POSTGRES=1 but no PostgreSQL test ran: failing the run")
+        session.exitstatus = 3
+
+
+STORES = ["sqlite", pytest.param("postgresql", marks=pytest.mark.skipif(not PG_URL, reason=(
+    "set AGENTFLEET_TEST_DATABASE_URL=postgresql://… to run the PostgreSQL half of the suite")))]
+
+
+@pytest.fixture(params=STORES)
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh, migrated-on-demand store for one test."""
+    global _pg_tests_run
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'store' / 'agentfleet.db'}"
+        return
+    _pg_tests_run += 1
+    url, drop = _fresh_pg_database()
+    yield url
+    drop()
+
+
+@pytest.fixture
+def settings(tmp_path: Path, database_url: str) -> Settings:
+    return Settings(data_dir=tmp_path / "data", database_url=database_url, admin_token=ADMIN_TOKEN,
+                    port=8765)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def services(settings: Settings) -> Iterator[Services]:
+    built = build_services(settings, ADMIN_TOKEN)
+    yield built
+    built.close()
+
+
+@pytest.fixture
+def fake_time_services(settings: Settings, clock: FakeClock) -> Iterator[Services]:
+    built = build_services(settings, ADMIN_TOKEN, clock=clock)
+    yield built
+    built.close()
+
+
+Connect = Callable[..., AbstractAsyncContextManager[Client]]
+
+
+@pytest.fixture
+def connect(services: Services) -> Connect:
+    """connect(token=None) -> an in-process MCP client acting as admin, or as token's principal."""
+    metrics = Metrics(services.fleet)
+
+    @asynccontextmanager
+    async def open_client(token: str | None = None, mode: str = "auto") -> AsyncIterator[Client]:
+        async with Client(build_mcp(services, metrics, default_token=token), mode=mode) as client:
+            yield client
+
+    return open_client

@@ -1,0 +1,70 @@
+"""The MCP tool surface, one module per area. Each tool: typed args -> one service call -> typed result."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from mcp.server.auth.provider import AccessToken, TokenVerifier
+from mcp.server.auth.settings import AuthSettings
+import hashlib
+
+from mcp.server.mcpserver import MCPServer, RequestStateSecurity
+
+from server import __version__
+from server.metrics import Metrics
+from server.services.auth import Authenticator
+from server.services.container import Services
+from tools import agents, fleet, resources, tasks
+from tools.context import AppState
+from tools.server import FleetMCPServer
+
+SCOPE = "fleet"
+INSTRUCTIONS = """agentfleet orchestrates a fleet of AI agents.
+Spawn agents from profiles (agent_spawn), queue work for them (task_submit), follow it (task_get,
+task_list, fleet_status). Agents call back with their own token (agent_heartbeat and the task tools).
+Errors start with a stable code: not_found, invalid_input, conflict, permission_denied, …"""
+
+
+class FleetTokenVerifier(TokenVerifier):
+    """Bearer token -> principal. client_id carries the role, subject the principal id."""
+
+    def __init__(self, auth: Authenticator) -> None:
+        self._auth = auth
+
+    async def verify_token(self, token: str) -> AccessToken | None:
+        principal = await self._auth.authenticate(token)
+        if principal is None:
+            return None
+        return AccessToken(token=token, client_id=principal.role.value, subject=principal.id, scopes=[SCOPE])
+
+
+def _shared_state_key(services: Services) -> RequestStateSecurity:
+    """Replicas share the admin token, so they derive the same key for sealing the MCP request
+    state that a 2026-07-28 client echoes back (possibly to another replica)."""
+    key = hashlib.sha256(b"agentfleet-mcp-request-state:" + services.auth.admin_token_bytes).hexdigest()
+    return RequestStateSecurity(keys=[key])
+
+
+def build_mcp(services: Services, metrics: Metrics, *, default_token: str | None = None,
+              http: bool = False) -> MCPServer[AppState]:
+    """http=True installs bearer auth (every request needs a token); otherwise calls act as
+    `default_token`'s principal, or admin when it is None (stdio, in-process)."""
+
+    @asynccontextmanager
+    async def lifespan(_server: MCPServer[AppState]) -> AsyncIterator[AppState]:
+        yield AppState(services=services, default_token=default_token)
+
+    auth_kwargs = {}
+    if http:
+        base = services.settings.base_url
+        auth_kwargs = dict(
+            token_verifier=FleetTokenVerifier(services.auth),
+            auth=AuthSettings(issuer_url=base, resource_server_url=f"{base}/mcp",
+                              validate_token_resource=False, required_scopes=[SCOPE]),
+        )
+    mcp = FleetMCPServer("agentfleet", version=__version__, instructions=INSTRUCTIONS, lifespan=lifespan,
+                         metrics=metrics, request_state_security=_shared_state_key(services), **auth_kwargs)
+    for area in (fleet, agents, tasks, resources):
+        area.register(mcp)
+    return mcp

@@ -1,0 +1,56 @@
+"""The MCP server: tool errors carry the contract's code first, and every call is counted."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.exceptions import ToolError, UnexpectedToolError
+from mcp.types import CallToolResult, InputRequiredResult, TextContent
+from pydantic import ValidationError
+
+from server.errors import FleetError, InvalidInput, NotFound, Unavailable
+from server.metrics import Metrics
+
+log = logging.getLogger("agentfleet.tools")
+
+
+def _describe_validation(error: ValidationError) -> str:
+    parts = []
+    for item in error.errors()[:5]:
+        where = ".".join(str(p) for p in item["loc"]) or "arguments"
+        parts.append(f"{where}: {item['msg']}")
+    return "; ".join(parts)
+
+
+def as_fleet_error(exc: ToolError, tool: str) -> FleetError:
+    """The one table from whatever a tool call raised to a FleetError."""
+    cause = exc.__cause__
+    if isinstance(cause, FleetError):
+        return cause
+    if isinstance(cause, ValidationError):
+        return InvalidInput(f"bad arguments for {tool}: {_describe_validation(cause)}")
+    if cause is None and not isinstance(exc, UnexpectedToolError) and str(exc).startswith("Unknown tool"):
+        return NotFound(f"no tool named {tool!r}; list_tools shows what exists")
+    log.error("tool %s crashed", tool, exc_info=cause or exc)
+    return Unavailable("the server hit an internal error; it is logged. Retry, or report it if it persists")
+
+
+class FleetMCPServer(MCPServer[Any]):
+    def __init__(self, *args: Any, metrics: Metrics, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._metrics = metrics
+
+    async def call_tool(self, name: str, arguments: dict[str, Any],
+                        context: Context[Any, Any] | None = None) -> CallToolResult | InputRequiredResult:
+        # Callers choose tool names; count unknown ones under one label so metrics stay bounded.
+        label = name if self._tool_input_schema(name) is not None else "_unknown"
+        try:
+            result = await super().call_tool(name, arguments, context)
+        except ToolError as exc:
+            error = as_fleet_error(exc, name)
+            self._metrics.tool_calls.labels(label, error.code).inc()
+            return CallToolResult(content=[TextContent(type="text", text=str(error))], is_error=True)
+        self._metrics.tool_calls.labels(label, "ok").inc()
+        return result
