@@ -5,12 +5,14 @@ Everything but /healthz and the agent card needs a bearer token."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from ipaddress import ip_address
+from typing import Any
 from urllib.parse import urlsplit
 
 import anyio
 from mcp.server.auth.middleware.bearer_auth import BearerAuthBackend, RequireAuthMiddleware
+from mcp.server.mcpserver import MCPServer
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -55,9 +57,13 @@ def _healthz(_request: Request) -> Response:
     return JSONResponse({"status": "ok"})
 
 
-def create_app(services: Services, metrics: Metrics | None = None) -> Starlette:
+def create_app(services: Services, metrics: Metrics | None = None,
+               configure_mcp: Callable[[MCPServer[Any]], None] | None = None) -> Starlette:
+    """`configure_mcp` may add tools before the MCP app is built (the bench adds an empty one)."""
     metrics = metrics or Metrics(services.fleet)
     mcp = build_mcp(services, metrics, http=True)
+    if configure_mcp is not None:
+        configure_mcp(mcp)
     mcp_app = mcp.streamable_http_app(streamable_http_path="/mcp", transport_security=transport_security(services))
     card_routes, rpc_routes, a2a_handler = a2a_routes(services)
     verifier = FleetTokenVerifier(services.auth)
