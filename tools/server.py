@@ -37,6 +37,15 @@ def as_fleet_error(exc: ToolError, tool: str) -> FleetError:
     return Unavailable("the server hit an internal error; it is logged. Retry, or report it if it persists")
 
 
+def _reject_unknown_arguments(tool: str, schema: dict[str, Any], arguments: dict[str, Any]) -> None:
+    """The SDK ignores unknown arguments; a misspelt `priorty` must not silently become the default."""
+    known = set(schema.get("properties", {}))
+    unknown = sorted(set(arguments) - known)
+    if unknown:
+        raise ToolError(f"unknown arguments {unknown}") from InvalidInput(
+            f"{tool} has no argument(s) {', '.join(unknown)}; it takes: {', '.join(sorted(known)) or 'nothing'}")
+
+
 class FleetMCPServer(MCPServer[Any]):
     def __init__(self, *args: Any, metrics: Metrics, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -45,8 +54,11 @@ class FleetMCPServer(MCPServer[Any]):
     async def call_tool(self, name: str, arguments: dict[str, Any],
                         context: Context[Any, Any] | None = None) -> CallToolResult | InputRequiredResult:
         # Callers choose tool names; count unknown ones under one label so metrics stay bounded.
-        label = name if self._tool_input_schema(name) is not None else "_unknown"
+        schema = self._tool_input_schema(name)
+        label = name if schema is not None else "_unknown"
         try:
+            if schema is not None:
+                _reject_unknown_arguments(name, schema, arguments)
             result = await super().call_tool(name, arguments, context)
         except ToolError as exc:
             error = as_fleet_error(exc, name)

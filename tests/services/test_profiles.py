@@ -1,0 +1,60 @@
+"""Profiles load from YAML and fail loudly, naming the file and the field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from server.errors import InvalidInput
+from server.services.profiles import ProfileRegistry, shipped_profiles_dir
+
+
+def write(folder: Path, name: str, body: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    path.write_text(body)
+    return path
+
+
+def test_shipped_profiles_load():
+    registry = ProfileRegistry.load([shipped_profiles_dir()])
+    assert {p.name for p in registry.all()} >= {"default", "developer", "researcher", "reviewer"}
+    for profile in registry.all():
+        assert profile.description and profile.runtime == "external" and profile.max_concurrency >= 1
+
+
+def test_a_bad_field_is_named_with_its_file(tmp_path):
+    path = write(tmp_path, "broken.yaml", "name: broken\nversion: 1.0.0\ndescription: x\nmax_concurrency: 0\n")
+    with pytest.raises(InvalidInput) as err:
+        ProfileRegistry.load([tmp_path])
+    assert str(path) in err.value.message and "max_concurrency" in err.value.message
+
+
+def test_unknown_fields_and_bad_yaml_are_refused(tmp_path):
+    write(tmp_path / "a", "typo.yaml", "name: typo\nversion: 1.0.0\ndescription: x\ncapabilites: [x]\n")
+    with pytest.raises(InvalidInput, match="capabilites"):
+        ProfileRegistry.load([tmp_path / "a"])
+    write(tmp_path / "b", "bad.yaml", "name: [unclosed\n")
+    with pytest.raises(InvalidInput, match="not valid YAML"):
+        ProfileRegistry.load([tmp_path / "b"])
+    write(tmp_path / "c", "limits.yaml", "name: lim\nversion: 1.0.0\ndescription: x\nlimits: {max_depth: -1}\n")
+    with pytest.raises(InvalidInput, match=r"limits\.max_depth"):
+        ProfileRegistry.load([tmp_path / "c"])
+
+
+def test_versions_resolve_newest_or_exact(tmp_path):
+    write(tmp_path, "a1.yaml", "name: coder\nversion: 1.2.0\ndescription: old\n")
+    write(tmp_path, "a2.yaml", "name: coder\nversion: 1.10.0\ndescription: new\n")
+    registry = ProfileRegistry.load([tmp_path])
+    assert registry.resolve("coder").version == "1.10.0"
+    assert registry.resolve("coder@1.2.0").description == "old"
+    with pytest.raises(InvalidInput, match="no version 2.0.0"):
+        registry.resolve("coder@2.0.0")
+
+
+def test_a_duplicate_version_is_refused(tmp_path):
+    write(tmp_path, "a.yaml", "name: dup\nversion: 1.0.0\ndescription: a\n")
+    write(tmp_path, "b.yaml", "name: dup\nversion: 1.0.0\ndescription: b\n")
+    with pytest.raises(InvalidInput, match="defined twice"):
+        ProfileRegistry.load([tmp_path])

@@ -1,0 +1,90 @@
+"""Every tool, given bad input through the MCP client, answers with the contract's code and
+writes nothing."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from server.store.tables import metadata
+from tests.helpers import call, call_error
+
+pytestmark = pytest.mark.anyio
+
+
+def snapshot(services) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row of every table: the proof that a refused call changed nothing."""
+    with services.db.engine.connect() as conn:
+        return {t.name: sorted(tuple(map(repr, row)) for row in conn.execute(select(t))) for t in metadata.sorted_tables}
+
+
+BAD_CALLS: list[tuple[str, dict[str, Any], str]] = [
+    ("fleet_status", {"verbose": True}, "invalid_input"),
+    ("agent_spawn", {"profile": "no-such-profile"}, "invalid_input"),
+    ("agent_spawn", {"profile": 123}, "invalid_input"),
+    ("agent_spawn", {"profile": "default@9.9.9"}, "invalid_input"),
+    ("agent_spawn", {"profile": "default", "capabilities": ["Bad Cap!"]}, "invalid_input"),
+    ("agent_spawn", {"profile": "default", "capabilities": "code"}, "invalid_input"),
+    ("agent_spawn", {"profile": "default", "name": "x" * 300}, "invalid_input"),
+    ("agent_spawn", {"profile": "default", "parent_id": "agt_0000NOSUCHAGENT"}, "not_found"),
+    ("agent_spawn", {"profile": "default", "labels": ["not", "a", "map"]}, "invalid_input"),
+    ("agent_spawn", {}, "invalid_input"),
+    ("agent_list", {"status": "sleepy"}, "invalid_input"),
+    ("agent_list", {"limit": 0}, "invalid_input"),
+    ("agent_get", {"agent_id": "robert'); drop table"}, "invalid_input"),
+    ("agent_get", {"agent_id": "agt_0000NOSUCHAGENT"}, "not_found"),
+    ("agent_get", {}, "invalid_input"),
+    ("agent_terminate", {"agent_id": "agt_0000NOSUCHAGENT"}, "not_found"),
+    ("agent_terminate", {"agent_id": "agt_0000NOSUCHAGENT", "cascade": "maybe"}, "invalid_input"),
+    ("agent_heartbeat", {}, "invalid_input"),  # admin is not an agent
+    ("task_submit", {"type": ""}, "invalid_input"),
+    ("task_submit", {"type": "has spaces"}, "invalid_input"),
+    ("task_submit", {"type": "build", "priority": "urgent"}, "invalid_input"),
+    ("task_submit", {"type": "build", "payload": {"blob": "x" * 300_000}}, "invalid_input"),
+    ("task_submit", {"type": "build", "max_attempts": 0}, "invalid_input"),
+    ("task_submit", {"type": "build", "capabilities": "code"}, "invalid_input"),
+    ("task_submit", {"type": "build", "capabilities": ["UPPER"]}, "invalid_input"),
+    ("task_submit", {"type": "build", "pinned_agent_id": "agt_0000NOSUCHAGENT"}, "not_found"),
+    ("task_submit", {"type": "build", "priorty": "high"}, "invalid_input"),
+    ("task_get", {"task_id": "not-a-task"}, "invalid_input"),
+    ("task_get", {"task_id": "tsk_0000NOSUCHTASK"}, "not_found"),
+    ("task_list", {"status": "finished"}, "invalid_input"),
+    ("task_list", {"limit": 100000}, "invalid_input"),
+    ("task_list", {"cursor": "%%%not-base64%%%"}, "invalid_input"),
+    ("task_cancel", {"task_id": "tsk_0000NOSUCHTASK"}, "not_found"),
+    ("task_cancel", {"task_id": 7}, "invalid_input"),
+    ("no_such_tool", {}, "not_found"),
+]
+
+
+async def test_the_walk_covers_every_tool(connect):
+    async with connect() as admin:
+        listed = {tool.name for tool in (await admin.list_tools()).tools}
+    assert listed == {name for name, _, _ in BAD_CALLS} - {"no_such_tool"}
+
+
+@pytest.mark.parametrize(("tool", "arguments", "code"), BAD_CALLS,
+                         ids=[f"{t}-{i}" for i, (t, _, _) in enumerate(BAD_CALLS)])
+async def test_bad_input_is_refused_with_its_code_and_changes_nothing(connect, services, tool, arguments, code):
+    async with connect() as admin:
+        await call(admin, "agent_spawn", profile="default")  # some state that must survive untouched
+        await call(admin, "task_submit", type="seed")
+        before = snapshot(services)
+        failure = await call_error(admin, tool, **arguments)
+    assert failure.code == code, failure.text
+    assert "Traceback" not in failure.text and len(failure.text.split(":", 1)[1].strip()) > 10
+    assert snapshot(services) == before
+
+
+async def test_a_revoked_agent_token_is_refused_and_changes_nothing(connect, services):
+    async with connect() as admin:
+        spawned = await call(admin, "agent_spawn", profile="default")
+        await call(admin, "agent_terminate", agent_id=spawned["agent"]["id"])
+    before = snapshot(services)
+    async with connect(spawned["token"]) as revoked:
+        for tool, arguments in [("agent_heartbeat", {}), ("task_submit", {"type": "x"}), ("fleet_status", {}),
+                                ("agent_spawn", {"profile": "default"})]:
+            assert (await call_error(revoked, tool, **arguments)).code == "permission_denied"
+    assert snapshot(services) == before
