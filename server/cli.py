@@ -7,6 +7,7 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from server import __version__
 from server.admin_token import AdminToken, ensure_admin_token
@@ -86,7 +87,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if args.stdio:
             mcp = build_mcp(services, Metrics(services.fleet), default_token=settings.token)
             _announce(settings, admin, stdio=True)
-            anyio.run(mcp.run_stdio_async)
+            anyio.run(_serve_stdio, mcp, services)
             return 0
         app = create_app(services)
         config = uvicorn.Config(app, host=settings.host, port=settings.port, loop="uvloop", http="httptools",
@@ -97,6 +98,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 0
     finally:
         services.close()
+
+
+async def _serve_stdio(mcp: Any, services: Any) -> None:
+    from server.loops import background_loops
+
+    async with background_loops(services):
+        await mcp.run_stdio_async()
 
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:

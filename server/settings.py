@@ -33,6 +33,13 @@ class Settings:
     token: str | None = None
     max_payload_bytes: int = 256 * 1024
     log_level: str = "info"
+    # How long a task must wait to outrank a fresh task one priority level above it.
+    priority_aging_s: int = 600
+    # How often the reaper looks for lapsed leases.
+    reaper_interval_s: float = 1.0
+    # A parked claim re-checks the store this often even without a wake-up (safety net for
+    # writers that cannot notify, e.g. another process on the same SQLite file).
+    claim_recheck_s: float = 10.0
 
     @property
     def resolved_database_url(self) -> str:
@@ -56,6 +63,19 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
         raise InvalidInput(f"{ENV_PREFIX}{name} must be an integer, got {raw!r}") from None
 
 
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(ENV_PREFIX + name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise InvalidInput(f"{ENV_PREFIX}{name} must be a number, got {raw!r}") from None
+    if value <= 0:
+        raise InvalidInput(f"{ENV_PREFIX}{name} must be positive, got {raw!r}")
+    return value
+
+
 def load_settings(env: Mapping[str, str] | None = None, **flags: Any) -> Settings:
     env = os.environ if env is None else env
 
@@ -75,6 +95,9 @@ def load_settings(env: Mapping[str, str] | None = None, **flags: Any) -> Setting
         token=text("TOKEN"),
         max_payload_bytes=_int(env, "MAX_PAYLOAD_BYTES", 256 * 1024),
         log_level=text("LOG_LEVEL") or "info",
+        priority_aging_s=_int(env, "PRIORITY_AGING_S", 600),
+        reaper_interval_s=_float(env, "REAPER_INTERVAL_S", 1.0),
+        claim_recheck_s=_float(env, "CLAIM_RECHECK_S", 10.0),
     )
     if "data_dir" in flags and flags["data_dir"] is not None:
         flags["data_dir"] = Path(flags["data_dir"]).expanduser()

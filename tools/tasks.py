@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Any
 
 from mcp.server.mcpserver import MCPServer
-from pydantic import Field
+from pydantic import Field, ValidationError
 
 from server.domain.priority import Priority
 from server.domain.statuses import TaskStatus
 from server.domain.task_spec import TASK_TYPE_PATTERN, TaskSpec
-from server.domain.views import TaskList, TaskView
+from server.domain.views import ClaimResult, TaskLease, TaskList, TaskView
+from server.errors import InvalidInput
 from tools.annotations import DESTRUCTIVE, READ_ONLY, WRITES
 from tools.context import FleetContext, caller, services_of
 
@@ -30,12 +32,26 @@ def register(mcp: MCPServer) -> None:
         idempotency_key: Annotated[str | None, Field(min_length=1, max_length=200,
                                                      description="resubmitting the same key and spec returns the same "
                                                                  "task; the same key with another spec is a conflict")] = None,
+        not_before: Annotated[datetime | None, Field(description="ISO 8601 UTC time before which no agent may claim it")] = None,
+        lease_s: Annotated[int, Field(ge=5, le=3600, description="lease length in seconds; task_heartbeat renews it")] = 60,
+        backoff_base_s: Annotated[float, Field(ge=0.01, le=3600, description="retry delay base (exponential, full jitter)")] = 1.0,
+        backoff_cap_s: Annotated[float, Field(ge=0.01, le=86400, description="largest retry delay")] = 300.0,
+        allow_unroutable: Annotated[bool, Field(description="queue it even if no live agent or profile has its "
+                                                            "capabilities (shown as unroutable in fleet_status)")] = False,
     ) -> TaskView:
         """Queue a unit of work for the fleet. An agent whose capabilities include all of the task's
-        takes it. Returns the task; poll task_get (or read agentfleet://tasks/{id}) for its result."""
+        claims it (task_claim), highest priority first, FIFO within a priority. A task no live agent
+        and no profile could run is refused unless allow_unroutable. Failed attempts are retried
+        with backoff up to max_attempts, then the task is dead. Poll task_get (or read
+        agentfleet://tasks/{id}) for its result."""
         principal = await caller(ctx)
-        spec = TaskSpec(type=type, payload=payload, capabilities=tuple(capabilities), priority=priority,
-                        pinned_agent_id=pinned_agent_id, max_attempts=max_attempts, idempotency_key=idempotency_key)
+        try:
+            spec = TaskSpec(type=type, payload=payload, capabilities=tuple(capabilities), priority=priority,
+                            pinned_agent_id=pinned_agent_id, max_attempts=max_attempts, idempotency_key=idempotency_key,
+                            not_before=not_before, lease_s=lease_s, backoff_base_s=backoff_base_s,
+                            backoff_cap_s=backoff_cap_s, allow_unroutable=allow_unroutable)
+        except ValidationError as exc:
+            raise InvalidInput(f"task spec: {exc.errors()[0]['msg']}") from exc
         return await services_of(ctx).tasks.submit(principal, spec)
 
     @mcp.tool(annotations=READ_ONLY)
@@ -69,3 +85,56 @@ def register(mcp: MCPServer) -> None:
         stop (its holder learns it on its next heartbeat)."""
         principal = await caller(ctx)
         return await services_of(ctx).tasks.cancel(principal, task_id, reason)
+
+    @mcp.tool(annotations=WRITES)
+    async def task_claim(
+        ctx: FleetContext,
+        wait_s: Annotated[float, Field(ge=0, le=60, description="long-poll: wait up to this long for a task (0: answer at once)")] = 0,
+        lease_s: Annotated[int | None, Field(ge=5, le=3600, description="lease length for this claim; default the task's")] = None,
+    ) -> ClaimResult:
+        """Take the next task this agent can run (agent token only): the highest-priority queued task
+        whose capabilities the agent has, FIFO within a priority, leased to the agent until
+        lease_expires_at. Renew the lease with task_heartbeat and finish with task_complete or
+        task_fail. With wait_s > 0 the call waits for work and returns as soon as some is queued.
+        Returns task=null with reason 'none_available', or 'at_capacity' when the agent already
+        holds its profile's max_concurrency leases."""
+        principal = await caller(ctx)
+        return await services_of(ctx).leases.claim(principal, wait_s, lease_s)
+
+    @mcp.tool(annotations=WRITES)
+    async def task_heartbeat(
+        ctx: FleetContext,
+        task_id: TaskId,
+        progress: Annotated[int | None, Field(ge=0, le=100, description="percent done")] = None,
+        message: Annotated[str | None, Field(max_length=2000, description="a progress note")] = None,
+    ) -> TaskLease:
+        """Renew the lease on a task you hold and record progress. If cancel_requested comes back
+        true, stop and call task_fail: the task ends cancelled."""
+        principal = await caller(ctx)
+        return await services_of(ctx).leases.heartbeat(principal, task_id, progress, message)
+
+    @mcp.tool(annotations=WRITES)
+    async def task_complete(
+        ctx: FleetContext,
+        task_id: TaskId,
+        result: Annotated[Any, Field(description="the task's output, any JSON")] = None,
+        usage: Annotated[dict[str, Any] | None, Field(description="what the work consumed, e.g. {model, input_tokens, "
+                                                                    "output_tokens}")] = None,
+    ) -> TaskView:
+        """Finish a task you hold with its result. Only the lease holder may; a lapsed lease answers
+        lease_expired (the task is being retried elsewhere)."""
+        principal = await caller(ctx)
+        return await services_of(ctx).leases.complete(principal, task_id, result, usage)
+
+    @mcp.tool(annotations=WRITES)
+    async def task_fail(
+        ctx: FleetContext,
+        task_id: TaskId,
+        error: Annotated[str, Field(min_length=1, max_length=10_000, description="what went wrong")],
+        retryable: Annotated[bool, Field(description="true: retry with backoff while attempts remain (then dead); "
+                                                     "false: the task fails now")] = True,
+    ) -> TaskView:
+        """Give up on a task you hold. Retryable failures go back to the queue after a backoff delay
+        until max_attempts is used up (then the task is dead); others fail at once."""
+        principal = await caller(ctx)
+        return await services_of(ctx).leases.fail(principal, task_id, error, retryable)

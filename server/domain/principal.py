@@ -9,6 +9,7 @@ from enum import StrEnum
 class Role(StrEnum):
     ADMIN = "admin"
     AGENT = "agent"
+    SYSTEM = "system"   # the server's own loops (reaper, supervisor); never a token
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,3 +27,4 @@ class Principal:
 
 
 ADMIN = Principal(Role.ADMIN, "admin")
+REAPER = Principal(Role.SYSTEM, "reaper")

@@ -6,7 +6,9 @@ import hashlib
 import json
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from datetime import datetime
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from server.domain.priority import Priority
 
@@ -23,9 +25,27 @@ class TaskSpec(BaseModel):
     pinned_agent_id: str | None = None
     max_attempts: int = Field(3, ge=1, le=100)
     idempotency_key: str | None = Field(None, min_length=1, max_length=200)
+    not_before: datetime | None = Field(None, description="not claimable before this UTC time")
+    lease_s: int = Field(60, ge=5, le=3600, description="lease length; each task_heartbeat renews it")
+    backoff_base_s: float = Field(1.0, ge=0.01, le=3600)
+    backoff_cap_s: float = Field(300.0, ge=0.01, le=86_400)
+    allow_unroutable: bool = Field(False, description="queue even if no live agent or profile can run it")
+
+    @field_validator("not_before")
+    @classmethod
+    def _aware(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("not_before needs a timezone, e.g. 2026-01-01T12:00:00Z")
+        return value
+
+    @model_validator(mode="after")
+    def _cap_not_below_base(self) -> TaskSpec:
+        if self.backoff_cap_s < self.backoff_base_s:
+            raise ValueError("backoff_cap_s must be at least backoff_base_s")
+        return self
 
     def canonical_json(self) -> str:
-        body = self.model_dump(mode="json", exclude={"idempotency_key"})
+        body = self.model_dump(mode="json", exclude={"idempotency_key", "allow_unroutable"})
         body["capabilities"] = sorted(set(body["capabilities"]))
         return json.dumps(body, sort_keys=True, separators=(",", ":"))
 

@@ -36,6 +36,15 @@ class TerminatedAgents(BaseModel):
     terminated: list[str] = Field(description="ids that this call terminated, the target first")
 
 
+class AttemptView(BaseModel):
+    number: int
+    agent_id: str
+    started_at: str
+    ended_at: str | None
+    outcome: str | None = Field(description="completed, failed, expired, cancelled, released; null while running")
+    error: str | None
+
+
 class TaskView(BaseModel):
     id: str
     type: str
@@ -57,6 +66,25 @@ class TaskView(BaseModel):
     idempotency_key: str | None
     result: Any
     error: str | None
+    ready_at: str = Field(description="when the task is (or was) next claimable")
+    lease_s: int
+    progress: int | None
+    progress_message: str | None
+    usage: Any
+    unroutable: bool = Field(description="queued although no live agent or profile had its capabilities")
+    attempt_history: list[AttemptView] | None = Field(None, description="every attempt (task_get only)")
+
+
+class ClaimResult(BaseModel):
+    task: TaskView | None = Field(description="the leased task, or null if none was available in time")
+    reason: str | None = Field(None, description="why no task: 'none_available' or 'at_capacity'")
+
+
+class TaskLease(BaseModel):
+    task_id: str
+    lease_expires_at: str
+    cancel_requested: bool = Field(description="true: stop work and call task_fail; the task ends cancelled")
+    progress: int | None
 
 
 class TaskList(BaseModel):
@@ -67,4 +95,5 @@ class TaskList(BaseModel):
 class FleetStatus(BaseModel):
     agents: dict[str, int] = Field(description="agent count by status")
     tasks: dict[str, dict[str, int]] = Field(description="task count by status, then by priority")
+    unroutable: int = Field(description="queued tasks no live agent or profile could run when submitted")
     totals: dict[str, int]

@@ -24,6 +24,7 @@ from starlette.types import ASGIApp
 
 from server.a2a.routes import a2a_routes
 from server.http.observe import RequestMetricsMiddleware
+from server.loops import background_loops
 from server.metrics import Metrics
 from server.services.container import Services
 from server.store import migrate
@@ -87,7 +88,7 @@ def create_app(services: Services, metrics: Metrics | None = None,
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
-        async with mcp.session_manager.run():  # Starlette never runs a mounted app's lifespan
+        async with mcp.session_manager.run(), background_loops(services):  # Starlette never runs a mounted app's lifespan
             yield
         await a2a_handler.aclose()
 

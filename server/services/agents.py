@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import Connection, Row, func, select, update
 
 from server.clock import Clock, to_iso
+from server.domain.capabilities import validate_capabilities
 from server.domain.principal import Principal
 from server.domain.statuses import LIVE_AGENT_STATUSES, AgentStatus, agent_sources
 from server.domain.views import AgentView, SpawnedAgent
@@ -16,23 +17,13 @@ from server.errors import Conflict, InvalidInput, NotFound, PermissionDenied
 from server.ids import AGENT, new_id
 from server.services import audit
 from server.services.auth import hash_token, new_agent_token
+from server.services.leases import LeaseService
 from server.services.profiles import ProfileRegistry
 from server.store.database import Database
-from server.store.tables import agents, tasks
-from server.domain.statuses import TaskStatus
+from server.store.tables import agents
 
-CAPABILITY = re.compile(r"^[a-z0-9][a-z0-9_.:-]{0,63}$")
 NAME = re.compile(r"^[\w .:@/-]{1,200}$")
 _LIVE = [s.value for s in LIVE_AGENT_STATUSES]
-
-
-def validate_capabilities(values: Sequence[str]) -> list[str]:
-    if len(values) > 64:
-        raise InvalidInput("at most 64 capabilities")
-    bad = [v for v in values if not isinstance(v, str) or not CAPABILITY.match(v)]
-    if bad:
-        raise InvalidInput(f"malformed capabilities {bad}: use lowercase letters, digits and _.:- (max 64 chars)")
-    return sorted(set(values))
 
 
 def agent_view(row: Row[Any], children: list[str] | None = None) -> AgentView:
@@ -69,10 +60,11 @@ def descendants(conn: Connection, root_id: str) -> list[str]:
 
 
 class AgentService:
-    def __init__(self, db: Database, clock: Clock, profiles: ProfileRegistry) -> None:
+    def __init__(self, db: Database, clock: Clock, profiles: ProfileRegistry, leases: LeaseService) -> None:
         self._db = db
         self._clock = clock
         self._profiles = profiles
+        self._leases = leases
 
     # -- spawn ---------------------------------------------------------------------------------
     async def spawn(self, principal: Principal, profile: str, name: str | None = None,
@@ -91,12 +83,13 @@ class AgentService:
             parent_id = principal.agent_id
         token = new_agent_token()
         row = await self._db.write(self._spawn_tx, principal, chosen.name, chosen.version, chosen.runtime.value,
-                                   sorted({*chosen.capabilities, *extra}), name, parent_id, labels, token)
+                                   sorted({*chosen.capabilities, *extra}), name, parent_id, labels, token,
+                                   chosen.max_concurrency)
         return SpawnedAgent(agent=agent_view(row), token=token)
 
     def _spawn_tx(self, conn: Connection, principal: Principal, profile: str, version: str, runtime: str,
                   capabilities: list[str], name: str | None, parent_id: str | None,
-                  labels: dict[str, str], token: str) -> Row[Any]:
+                  labels: dict[str, str], token: str, max_concurrency: int) -> Row[Any]:
         now = self._clock.now_us()
         depth = 0
         if parent_id is not None:
@@ -106,7 +99,7 @@ class AgentService:
             id=agent_id, name=name or f"{profile}-{agent_id[-6:].lower()}", profile=profile,
             profile_version=version, runtime=runtime, capabilities=capabilities, parent_id=parent_id,
             depth=depth, status=AgentStatus.STARTING.value, token_hash=hash_token(token),
-            created_by=principal.id, created_at=now, labels=labels,
+            created_by=principal.id, created_at=now, labels=labels, max_concurrency=max_concurrency,
         ))
         audit.record(conn, now, principal, "agent.spawn", agent_id,
                      {"profile": f"{profile}@{version}", "parent_id": parent_id})
@@ -162,9 +155,12 @@ class AgentService:
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def terminate(self, principal: Principal, agent_id: str, cascade: bool = True) -> list[str]:
-        return await self._db.write(self._terminate_tx, principal, agent_id, cascade)
+        ended, released = await self._db.write(self._terminate_tx, principal, agent_id, cascade)
+        self._leases.announce_requeued(released)
+        return ended
 
-    def _terminate_tx(self, conn: Connection, principal: Principal, agent_id: str, cascade: bool) -> list[str]:
+    def _terminate_tx(self, conn: Connection, principal: Principal, agent_id: str,
+                      cascade: bool) -> tuple[list[str], list[Any]]:
         now = self._clock.now_us()
         row = conn.execute(select(agents.c.status).where(agents.c.id == agent_id)).first()
         if row is None or not _visible(conn, principal, agent_id):
@@ -184,18 +180,10 @@ class AgentService:
             .values(status=AgentStatus.TERMINATED.value, token_hash=None, terminated_at=now)
             .returning(agents.c.id)
         ).scalars().all()
-        self._requeue_held_tasks(conn, list(ended), now)
+        released = self._leases.release_held_by(conn, list(ended), now)
         for ended_id in ended:
             audit.record(conn, now, principal, "agent.terminate", ended_id, {"cascade_from": agent_id})
-        return [agent_id, *sorted(set(ended) - {agent_id})]
-
-    def _requeue_held_tasks(self, conn: Connection, agent_ids: list[str], now: int) -> None:
-        """Work held by an agent that is gone goes back to the queue for another agent."""
-        if not agent_ids:
-            return
-        conn.execute(update(tasks).where(
-            tasks.c.agent_id.in_(agent_ids), tasks.c.status == TaskStatus.RUNNING.value,
-        ).values(status=TaskStatus.QUEUED.value, lease_expires_at=None, updated_at=now))
+        return [agent_id, *sorted(set(ended) - {agent_id})], released
 
     async def heartbeat(self, principal: Principal) -> AgentView:
         if principal.agent_id is None:

@@ -9,7 +9,9 @@ from server.services.a2a_records import A2ARecordService
 from server.services.agents import AgentService
 from server.services.auth import Authenticator
 from server.services.fleet import FleetService
+from server.services.leases import LeaseService
 from server.services.profiles import ProfileRegistry, shipped_profiles_dir
+from server.services.signals import TaskSignals
 from server.services.tasks import TaskService
 from server.settings import Settings
 from server.store import migrate
@@ -25,10 +27,13 @@ class Services:
     auth: Authenticator
     agents: AgentService
     tasks: TaskService
+    leases: LeaseService
+    signals: TaskSignals
     fleet: FleetService
     a2a_records: A2ARecordService
 
     def close(self) -> None:
+        self.signals.close()
         self.db.dispose()
 
 
@@ -46,11 +51,15 @@ def build_services(settings: Settings, admin_token: str, clock: Clock | None = N
     db = Database(create_store_engine(settings.resolved_database_url))
     if run_migrations:
         migrate.upgrade(db.engine)
+    signals = TaskSignals()
+    leases = LeaseService(db, clock, signals, settings.claim_recheck_s)
     return Services(
         settings=settings, db=db, clock=clock, profiles=profiles,
         auth=Authenticator(db, admin_token),
-        agents=AgentService(db, clock, profiles),
-        tasks=TaskService(db, clock, settings.max_payload_bytes),
+        agents=AgentService(db, clock, profiles, leases),
+        tasks=TaskService(db, clock, profiles, signals, settings.max_payload_bytes, settings.priority_aging_s),
+        leases=leases,
+        signals=signals,
         fleet=FleetService(db),
         a2a_records=A2ARecordService(db, clock),
     )

@@ -4,38 +4,31 @@ clause is the transition table's source set, so a lost race changes nothing."""
 from __future__ import annotations
 
 import base64
+import json
 from typing import Any
 
-from sqlalchemy import Connection, Row, or_, select, update
+from sqlalchemy import Connection, Row, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
 
-from server.clock import Clock, to_iso
+from server.clock import MICROS, Clock, from_iso
+from server.domain.backoff import dispatch_key
+from server.domain.capabilities import validate_capabilities
 from server.domain.principal import Principal
-from server.domain.priority import Priority
 from server.domain.statuses import LIVE_AGENT_STATUSES, TaskStatus, task_sources
 from server.domain.task_spec import TaskSpec, payload_size
 from server.domain.views import TaskView
 from server.errors import Conflict, InvalidInput, NotFound
 from server.ids import TASK, new_id
 from server.services import audit
-from server.services.agents import validate_capabilities
+from server.services.profiles import ProfileRegistry
+from server.services.signals import TaskSignals
+from server.services.task_rows import attempt_history, task_view
 from server.store.database import Database
+from server.store.dialect import TASK_CHANNEL, json_subset, notify
 from server.store.tables import agents, tasks
 
 _LIVE = [s.value for s in LIVE_AGENT_STATUSES]
-
-
-def task_view(row: Row[Any]) -> TaskView:
-    return TaskView(
-        id=row.id, type=row.type, payload=row.payload, capabilities=list(row.capabilities),
-        priority=Priority.from_rank(row.priority).value, status=row.status,
-        pinned_agent_id=row.pinned_agent_id, agent_id=row.agent_id, submitted_by=row.submitted_by,
-        created_at=to_iso(row.created_at), updated_at=to_iso(row.updated_at),
-        started_at=to_iso(row.started_at), finished_at=to_iso(row.finished_at), attempts=row.attempts,
-        max_attempts=row.max_attempts, lease_expires_at=to_iso(row.lease_expires_at),
-        cancel_requested=row.cancel_requested, idempotency_key=row.idempotency_key,
-        result=row.result, error=row.error,
-    )
+_QUEUE_CANCELLABLE = [s.value for s in task_sources(TaskStatus.CANCELLED) if s is not TaskStatus.RUNNING]
 
 
 def _encode_cursor(task_id: str) -> str:
@@ -49,11 +42,24 @@ def _decode_cursor(cursor: str) -> str:
         raise InvalidInput("cursor is not one this server issued") from None
 
 
+def announce_ready(conn: Connection, signals: TaskSignals, capabilities: list[str], pinned: str | None,
+                   ready_at: int) -> None:
+    """Tell other replicas (on commit) that a task is claimable at ready_at."""
+    notify(conn, TASK_CHANNEL, {"o": signals.origin, "c": capabilities, "p": pinned, "r": ready_at})
+
+
 class TaskService:
-    def __init__(self, db: Database, clock: Clock, max_payload_bytes: int) -> None:
+    def __init__(self, db: Database, clock: Clock, profiles: ProfileRegistry, signals: TaskSignals,
+                 max_payload_bytes: int, priority_aging_s: int) -> None:
         self._db = db
         self._clock = clock
+        self._profiles = profiles
+        self._signals = signals
         self._max_payload = max_payload_bytes
+        self._aging_us = priority_aging_s * MICROS
+        self._agent_covers = text(
+            "SELECT 1 FROM orch_agents WHERE status IN ('starting', 'active', 'unresponsive') AND "
+            + json_subset(db.dialect, ":need", "orch_agents.capabilities") + " LIMIT 1")
 
     # -- submit --------------------------------------------------------------------------------
     async def submit(self, principal: Principal, spec: TaskSpec, task_id: str | None = None) -> TaskView:
@@ -63,7 +69,11 @@ class TaskService:
             raise InvalidInput(f"payload is {size} bytes; the limit is {self._max_payload} "
                                "(AGENTFLEET_MAX_PAYLOAD_BYTES)")
         spec = spec.model_copy(update={"capabilities": tuple(validate_capabilities(spec.capabilities))})
-        return await self._db.write(self._submit_tx, principal, spec, task_id or new_id(TASK))
+        view = await self._db.write(self._submit_tx, principal, spec, task_id or new_id(TASK))
+        if view.status == TaskStatus.QUEUED:
+            self._signals.task_ready(frozenset(view.capabilities), view.pinned_agent_id,
+                                     from_iso(view.ready_at), self._clock.now_us())
+        return view
 
     def _submit_tx(self, conn: Connection, principal: Principal, spec: TaskSpec, task_id: str) -> TaskView:
         now = self._clock.now_us()
@@ -74,12 +84,17 @@ class TaskService:
                 return self._replay(existing, digest, spec.idempotency_key)
         if spec.pinned_agent_id is not None:
             self._check_pin(conn, spec.pinned_agent_id)
+        unroutable = not self._routable(conn, spec)
+        ready_at = max(now, int(spec.not_before.timestamp() * MICROS)) if spec.not_before else now
         values = dict(
             id=task_id, type=spec.type, payload=spec.payload, capabilities=list(spec.capabilities),
             priority=spec.priority.rank, status=TaskStatus.QUEUED.value, pinned_agent_id=spec.pinned_agent_id,
             submitted_by=principal.id, created_at=now, updated_at=now, attempts=0,
             max_attempts=spec.max_attempts, cancel_requested=False, idempotency_key=spec.idempotency_key,
-            spec_hash=digest,
+            spec_hash=digest, ready_at=ready_at,
+            dispatch_key=dispatch_key(spec.priority.rank, ready_at, self._aging_us), lease_s=spec.lease_s,
+            backoff_base_ms=int(spec.backoff_base_s * 1000), backoff_cap_ms=int(spec.backoff_cap_s * 1000),
+            unroutable=unroutable,
         )
         try:
             with conn.begin_nested():
@@ -90,8 +105,35 @@ class TaskService:
             if existing is None:
                 raise
             return self._replay(existing, digest, spec.idempotency_key or "")
+        announce_ready(conn, self._signals, list(spec.capabilities), spec.pinned_agent_id, ready_at)
         audit.record(conn, now, principal, "task.submit", task_id, {"type": spec.type})
         return task_view(conn.execute(select(tasks).where(tasks.c.id == task_id)).one())
+
+    def _routable(self, conn: Connection, spec: TaskSpec) -> bool:
+        """Can some live agent, or some profile an agent could be spawned from, take this task?"""
+        need = frozenset(spec.capabilities)
+        if spec.pinned_agent_id is not None:
+            pinned_caps = conn.execute(select(agents.c.capabilities).where(agents.c.id == spec.pinned_agent_id)).scalar()
+            if need <= frozenset(pinned_caps or ()):
+                return True
+        elif any(need <= frozenset(p.capabilities) for p in self._profiles.all()):
+            return True
+        elif conn.execute(self._agent_covers, {"need": json.dumps(sorted(need))}).first() is not None:
+            return True
+        if spec.allow_unroutable:
+            return False
+        known = self._profiles.capabilities() | self._live_capabilities(conn)
+        missing = sorted(need - known)
+        who = f"agent {spec.pinned_agent_id}" if spec.pinned_agent_id else "no live agent and no profile"
+        detail = (f"missing capabilities {missing}" if missing
+                  else f"no single agent has all of {sorted(need)}")
+        raise InvalidInput(f"{who} can run this task: {detail}. Spawn an agent that has them, or pass "
+                           "allow_unroutable=true to queue it anyway")
+
+    @staticmethod
+    def _live_capabilities(conn: Connection) -> frozenset[str]:
+        rows = conn.execute(select(agents.c.capabilities).where(agents.c.status.in_(_LIVE)))
+        return frozenset(c for (caps,) in rows for c in caps)
 
     @staticmethod
     def _replay(existing: Row[Any], digest: str, key: str) -> TaskView:
@@ -115,7 +157,7 @@ class TaskService:
         row = conn.execute(select(tasks).where(tasks.c.id == task_id)).first()
         if row is None or not self._may_see(principal, row):
             raise NotFound(f"no task {task_id}")
-        return task_view(row)
+        return task_view(row, attempt_history(conn, task_id))
 
     @staticmethod
     def _may_see(principal: Principal, row: Row[Any]) -> bool:
@@ -155,15 +197,16 @@ class TaskService:
         if row is None or not (principal.is_admin or principal.id == row.submitted_by):
             raise NotFound(f"no task {task_id} that you submitted")
         error = f"cancelled by {principal.id}" + (f": {reason}" if reason else "")
-        cancellable = [s.value for s in task_sources(TaskStatus.CANCELLED) if s is not TaskStatus.RUNNING]
-        done = conn.execute(update(tasks).where(tasks.c.id == task_id, tasks.c.status.in_(cancellable)).values(
+        done = conn.execute(update(tasks).where(tasks.c.id == task_id, tasks.c.status.in_(_QUEUE_CANCELLABLE)).values(
             status=TaskStatus.CANCELLED.value, finished_at=now, updated_at=now, error=error)).rowcount
         if not done:
-            # A running task is cancelled cooperatively: its holder learns it on heartbeat.
+            # A running task is cancelled cooperatively: its holder learns it on heartbeat, and the
+            # reaper ends it when the lease runs out.
             done = conn.execute(update(tasks).where(
                 tasks.c.id == task_id, tasks.c.status == TaskStatus.RUNNING.value,
-            ).values(cancel_requested=True, updated_at=now)).rowcount
+            ).values(cancel_requested=True, updated_at=now, error=error)).rowcount
         if not done:
             raise Conflict(f"task {task_id} is already {row.status}")
         audit.record(conn, now, principal, "task.cancel", task_id, {"reason": reason})
-        return task_view(conn.execute(select(tasks).where(tasks.c.id == task_id)).one())
+        return task_view(conn.execute(select(tasks).where(tasks.c.id == task_id)).one(), attempt_history(conn, task_id))
+

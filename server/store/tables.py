@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from sqlalchemy import (
     JSON, BigInteger, Boolean, CheckConstraint, Column, ForeignKey, Index, Integer, LargeBinary, MetaData,
-    SmallInteger, String, Table, Text,
+    SmallInteger, String, Table, Text, text,
 )
 
 from server.domain.statuses import AgentStatus, TaskStatus
@@ -44,6 +44,8 @@ agents = Table(
     Column("last_heartbeat_at", BigInteger, nullable=True),
     Column("terminated_at", BigInteger, nullable=True),
     Column("labels", JSON, nullable=False),
+    # Snapshot of the profile's limit at spawn: editing a profile file never changes running agents.
+    Column("max_concurrency", Integer, nullable=False),
     CheckConstraint(_one_of("status", [s.value for s in AgentStatus]), name="status"),
 )
 
@@ -70,11 +72,42 @@ tasks = Table(
     Column("cancel_requested", Boolean, nullable=False, default=False),
     Column("idempotency_key", String(200), nullable=True, unique=True),
     Column("spec_hash", String(64), nullable=False),
+    # Task engine: when the task may next be claimed, its place in line, lease and retry policy.
+    Column("ready_at", BigInteger, nullable=False),
+    Column("dispatch_key", BigInteger, nullable=False),
+    Column("lease_s", Integer, nullable=False),
+    Column("backoff_base_ms", Integer, nullable=False),
+    Column("backoff_cap_ms", Integer, nullable=False),
+    Column("progress", SmallInteger, nullable=True),
+    Column("progress_message", Text, nullable=True),
+    Column("usage", JSON, nullable=True),
+    Column("unroutable", Boolean, nullable=False, default=False),
     CheckConstraint(_one_of("status", [s.value for s in TaskStatus]), name="status"),
     CheckConstraint("priority BETWEEN 0 AND 3", name="priority"),
     CheckConstraint("attempts <= max_attempts", name="attempts"),
-    # The dispatch order: status filter, then priority rank, then FIFO by id.
-    Index("ix_orch_tasks_queue", "status", "priority", "id"),
+    CheckConstraint("progress IS NULL OR progress BETWEEN 0 AND 100", name="progress"),
+    # A running task always has a holder and a lease; only a running task has a lease.
+    CheckConstraint("(status = 'running') = (lease_expires_at IS NOT NULL)", name="lease_iff_running"),
+    CheckConstraint("status <> 'running' OR agent_id IS NOT NULL", name="running_has_holder"),
+    Index("ix_orch_tasks_status", "status"),
+    # The queue: only queued rows, in dispatch order.
+    Index("ix_orch_tasks_ready", "dispatch_key", "id", sqlite_where=text("status = 'queued'"),
+          postgresql_where=text("status = 'queued'")),
+    Index("ix_orch_tasks_leases", "lease_expires_at", sqlite_where=text("status = 'running'"),
+          postgresql_where=text("status = 'running'")),
+)
+
+task_attempts = Table(
+    "orch_task_attempts", metadata,
+    Column("task_id", String(ID), ForeignKey("orch_tasks.id"), primary_key=True),
+    Column("number", Integer, primary_key=True),
+    Column("agent_id", String(ID), ForeignKey("orch_agents.id"), nullable=False, index=True),
+    Column("started_at", BigInteger, nullable=False),
+    Column("ended_at", BigInteger, nullable=True),
+    Column("outcome", String(20), nullable=True),
+    Column("error", Text, nullable=True),
+    CheckConstraint("outcome IS NULL OR " + _one_of("outcome", ["completed", "failed", "expired", "cancelled",
+                                                                 "released"]), name="outcome"),
 )
 
 audit_log = Table(

@@ -55,6 +55,19 @@ BAD_CALLS: list[tuple[str, dict[str, Any], str]] = [
     ("task_list", {"cursor": "%%%not-base64%%%"}, "invalid_input"),
     ("task_cancel", {"task_id": "tsk_0000NOSUCHTASK"}, "not_found"),
     ("task_cancel", {"task_id": 7}, "invalid_input"),
+    ("task_submit", {"type": "build", "not_before": "2026-01-01T12:00:00"}, "invalid_input"),
+    ("task_submit", {"type": "build", "backoff_base_s": 10, "backoff_cap_s": 1}, "invalid_input"),
+    ("task_submit", {"type": "build", "lease_s": 1}, "invalid_input"),
+    ("task_submit", {"type": "build", "capabilities": ["quantum"]}, "invalid_input"),
+    ("task_claim", {}, "invalid_input"),  # the admin is not an agent
+    ("task_claim", {"wait_s": 600}, "invalid_input"),
+    ("task_claim", {"lease_s": 1}, "invalid_input"),
+    ("task_heartbeat", {"task_id": "tsk_0000NOSUCHTASK", "progress": 150}, "invalid_input"),
+    ("task_heartbeat", {"task_id": "tsk_0000NOSUCHTASK"}, "invalid_input"),
+    ("task_complete", {"task_id": "nope"}, "invalid_input"),
+    ("task_complete", {"task_id": "tsk_0000NOSUCHTASK", "usage": "lots"}, "invalid_input"),
+    ("task_fail", {"task_id": "tsk_0000NOSUCHTASK"}, "invalid_input"),
+    ("task_fail", {"task_id": "tsk_0000NOSUCHTASK", "error": "x", "retryable": "perhaps"}, "invalid_input"),
     ("no_such_tool", {}, "not_found"),
 ]
 

@@ -12,13 +12,13 @@ pytestmark = pytest.mark.anyio
 async def test_submit_then_get_shows_the_task_as_queued(connect):
     async with connect() as admin:
         task = await call(admin, "task_submit", type="review", payload={"pr": 42, "files": ["a.py"]},
-                          capabilities=["review", "code"], priority="high")
+                          capabilities=["test", "code"], priority="high")
         assert task["id"].startswith("tsk_")
         assert task["status"] == "queued" and task["priority"] == "high"
-        assert task["capabilities"] == ["code", "review"]
+        assert task["capabilities"] == ["code", "test"]
         assert task["submitted_by"] == "admin" and task["attempts"] == 0 and task["max_attempts"] == 3
         fetched = await call(admin, "task_get", task_id=task["id"])
-    assert fetched == task
+    assert fetched == {**task, "attempt_history": []}
 
 
 async def test_idempotency_key_returns_the_same_task_and_refuses_another_spec(connect):

@@ -1,0 +1,25 @@
+"""Ends lapsed leases. Every replica runs it; conditional updates (and SKIP LOCKED on
+PostgreSQL) make concurrent reapers harmless."""
+
+from __future__ import annotations
+
+import logging
+
+import anyio
+
+from server.errors import FleetError
+from server.services.container import Services
+
+log = logging.getLogger("agentfleet.reaper")
+
+
+async def run_reaper(services: Services) -> None:
+    interval = services.settings.reaper_interval_s
+    while True:
+        try:
+            ended = await services.leases.reap_once()
+            if ended:
+                log.info("ended %d lapsed lease(s)", ended)
+        except FleetError as exc:  # the store is briefly unavailable: try again next round
+            log.warning("reaper: %s", exc)
+        await anyio.sleep(interval)

@@ -1,0 +1,315 @@
+"""The lease lifecycle: claim, heartbeat, complete, fail, and the reaper that ends lapsed leases.
+
+Invariants, all enforced by the store:
+- one row per task with one holder column: a task is never held by two agents;
+- every transition is a conditional UPDATE on (status, holder, lease), so a lapsed or foreign
+  holder changes nothing;
+- claims lock the claiming agent's row first (PostgreSQL) or hold the write lock (SQLite), so an
+  agent never exceeds its max_concurrency; PostgreSQL claimers skip rows others are taking.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, Row, bindparam, func, select, text, update
+
+from server.clock import MICROS, Clock, to_iso
+from server.domain.backoff import Random, backoff_delay_us
+from server.domain.principal import REAPER, Principal
+from server.domain.statuses import LIVE_AGENT_STATUSES, AgentStatus, TaskStatus
+from server.domain.views import ClaimResult, TaskLease, TaskView
+from server.errors import Conflict, InvalidInput, LeaseExpired, NotFound, PermissionDenied
+from server.services import audit
+from server.services.signals import TaskSignals
+from server.services.task_rows import attempt_history, task_view
+from server.services.tasks import announce_ready
+from server.store.database import Database
+from server.store.dialect import json_subset
+from server.store.tables import agents, task_attempts, tasks
+
+_LIVE = [s.value for s in LIVE_AGENT_STATUSES]
+_REAP_BATCH = 200
+
+
+@dataclass(frozen=True)
+class _ClaimOutcome:
+    task: TaskView | None
+    capabilities: frozenset[str]
+    at_capacity: bool = False
+
+
+@dataclass(frozen=True)
+class _Requeued:
+    capabilities: list[str]
+    pinned: str | None
+    ready_at: int
+
+
+def _require_agent(principal: Principal) -> str:
+    if principal.agent_id is None:
+        raise InvalidInput("this tool acts for an agent: call it with the agent's own token")
+    return principal.agent_id
+
+
+class LeaseService:
+    def __init__(self, db: Database, clock: Clock, signals: TaskSignals, claim_recheck_s: float,
+                 rng: Random | None = None) -> None:
+        self._db = db
+        self._clock = clock
+        self._signals = signals
+        self._recheck_s = claim_recheck_s
+        self._rng: Random = rng or random.Random()
+        self._build_statements(db.dialect)
+
+    def _build_statements(self, dialect: str) -> None:
+        self._touch_agent = (
+            update(agents)
+            .where(agents.c.id == bindparam("me"), agents.c.status.in_(_LIVE))
+            .values(last_heartbeat_at=bindparam("now"), status=AgentStatus.ACTIVE.value)
+            .returning(agents.c.capabilities, agents.c.max_concurrency)
+        )
+        self._held = select(func.count()).select_from(tasks).where(
+            tasks.c.agent_id == bindparam("me"), tasks.c.status == TaskStatus.RUNNING.value)
+        # Literal 'queued' so SQLite can use the partial queue index; the capability test runs in SQL.
+        candidate = (
+            "SELECT id FROM orch_tasks WHERE status = 'queued' AND ready_at <= :now "
+            "AND (pinned_agent_id IS NULL OR pinned_agent_id = :me) AND "
+            + json_subset(dialect, "orch_tasks.capabilities", ":caps")
+            + " ORDER BY dispatch_key, id LIMIT 1"
+        )
+        if dialect == "postgresql":
+            candidate += " FOR UPDATE SKIP LOCKED"
+        self._candidate = text(candidate)
+        self._take = (
+            update(tasks)
+            .where(tasks.c.id == bindparam("task_id"), tasks.c.status == TaskStatus.QUEUED.value)
+            .values(status=TaskStatus.RUNNING.value, agent_id=bindparam("me"), attempts=tasks.c.attempts + 1,
+                    lease_expires_at=bindparam("now") + func.coalesce(bindparam("lease_us"), tasks.c.lease_s * MICROS),
+                    started_at=func.coalesce(tasks.c.started_at, bindparam("now")), updated_at=bindparam("now"),
+                    progress=None, progress_message=None, unroutable=False)
+            .returning(*tasks.c)
+        )
+        self._lapsed = (
+            select(tasks.c.id).where(tasks.c.status == TaskStatus.RUNNING.value,
+                                     tasks.c.lease_expires_at <= bindparam("now"))
+            .order_by(tasks.c.lease_expires_at).limit(_REAP_BATCH)
+        )
+        if dialect == "postgresql":
+            self._lapsed = self._lapsed.with_for_update(skip_locked=True)
+
+    # -- claim ---------------------------------------------------------------------------------
+    async def claim(self, principal: Principal, wait_s: float = 0, lease_s: int | None = None) -> ClaimResult:
+        agent_id = _require_agent(principal)
+        deadline = time.monotonic() + wait_s
+        outcome = await self._db.write(self._claim_tx, principal, lease_s)
+        if outcome.task is not None or outcome.at_capacity or wait_s <= 0:
+            return self._result(outcome)
+        with self._signals.park(agent_id, outcome.capabilities) as waiter:
+            while True:
+                # Re-check after parking: a task queued since the first try has no one to wake.
+                outcome = await self._db.write(self._claim_tx, principal, lease_s)
+                remaining = deadline - time.monotonic()
+                if outcome.task is not None or outcome.at_capacity or remaining <= 0:
+                    return self._result(outcome)
+                await waiter.wait(min(remaining, self._recheck_s))
+
+    @staticmethod
+    def _result(outcome: _ClaimOutcome) -> ClaimResult:
+        if outcome.task is not None:
+            return ClaimResult(task=outcome.task)
+        return ClaimResult(task=None, reason="at_capacity" if outcome.at_capacity else "none_available")
+
+    def _claim_tx(self, conn: Connection, principal: Principal, lease_s: int | None) -> _ClaimOutcome:
+        now = self._clock.now_us()
+        agent_id = principal.id
+        agent = conn.execute(self._touch_agent, {"me": agent_id, "now": now}).first()
+        if agent is None:
+            raise PermissionDenied(f"agent {agent_id} is not live; it cannot claim work")
+        capabilities = frozenset(agent.capabilities)
+        if conn.execute(self._held, {"me": agent_id}).scalar_one() >= agent.max_concurrency:
+            return _ClaimOutcome(None, capabilities, at_capacity=True)
+        candidate = conn.execute(self._candidate, {"now": now, "me": agent_id,
+                                                   "caps": json.dumps(sorted(capabilities))}).first()
+        if candidate is None:
+            return _ClaimOutcome(None, capabilities)
+        lease_us = lease_s * MICROS if lease_s is not None else None
+        row = conn.execute(self._take, {"task_id": candidate.id, "me": agent_id, "now": now,
+                                        "lease_us": lease_us}).first()
+        if row is None:  # taken between select and update: only possible without row locks
+            return _ClaimOutcome(None, capabilities)
+        conn.execute(task_attempts.insert().values(task_id=row.id, number=row.attempts, agent_id=agent_id,
+                                                   started_at=now))
+        audit.record(conn, now, principal, "task.claim", row.id,
+                     {"attempt": row.attempts})
+        return _ClaimOutcome(task_view(row), capabilities)
+
+    # -- heartbeat -----------------------------------------------------------------------------
+    async def heartbeat(self, principal: Principal, task_id: str, progress: int | None = None,
+                        message: str | None = None) -> TaskLease:
+        agent_id = _require_agent(principal)
+        return await self._db.write(self._heartbeat_tx, agent_id, task_id, progress, message)
+
+    def _heartbeat_tx(self, conn: Connection, agent_id: str, task_id: str, progress: int | None,
+                      message: str | None) -> TaskLease:
+        now = self._clock.now_us()
+        values: dict[str, Any] = {"lease_expires_at": now + tasks.c.lease_s * MICROS, "updated_at": now}
+        if progress is not None:
+            values["progress"] = progress
+        if message is not None:
+            values["progress_message"] = message
+        row = conn.execute(
+            update(tasks).where(*self._held_by(task_id, agent_id, now)).values(**values)
+            .returning(tasks.c.lease_expires_at, tasks.c.cancel_requested, tasks.c.progress)
+        ).first()
+        if row is None:
+            self._explain_not_held(conn, task_id, agent_id, now)
+        return TaskLease(task_id=task_id, lease_expires_at=to_iso(row.lease_expires_at) or "",
+                         cancel_requested=row.cancel_requested, progress=row.progress)
+
+    @staticmethod
+    def _held_by(task_id: str, agent_id: str, now: int) -> tuple[Any, ...]:
+        return (tasks.c.id == task_id, tasks.c.status == TaskStatus.RUNNING.value,
+                tasks.c.agent_id == agent_id, tasks.c.lease_expires_at > now)
+
+    @staticmethod
+    def _explain_not_held(conn: Connection, task_id: str, agent_id: str, now: int) -> None:
+        """The conditional update matched nothing: say why, in the contract's terms."""
+        row = conn.execute(select(tasks.c.status, tasks.c.agent_id, tasks.c.submitted_by,
+                                  tasks.c.lease_expires_at).where(tasks.c.id == task_id)).first()
+        if row is None:
+            raise NotFound(f"no task {task_id}")
+        if row.agent_id != agent_id:
+            raise PermissionDenied(f"task {task_id} is not leased to you")
+        if row.status == TaskStatus.RUNNING:
+            raise LeaseExpired(f"your lease on {task_id} lapsed; stop work, the task will be retried")
+        if row.status == TaskStatus.QUEUED:
+            raise LeaseExpired(f"your lease on {task_id} lapsed and the task went back to the queue")
+        raise Conflict(f"task {task_id} is already {row.status}")
+
+    # -- complete / fail -----------------------------------------------------------------------
+    async def complete(self, principal: Principal, task_id: str, result: Any, usage: Any = None) -> TaskView:
+        _require_agent(principal)
+        return await self._db.write(self._complete_tx, principal, task_id, result, usage)
+
+    def _complete_tx(self, conn: Connection, principal: Principal, task_id: str, result: Any, usage: Any) -> TaskView:
+        now = self._clock.now_us()
+        agent_id = principal.id
+        row = conn.execute(
+            update(tasks).where(*self._held_by(task_id, agent_id, now))
+            .values(status=TaskStatus.COMPLETED.value, result=result, usage=usage, finished_at=now, updated_at=now,
+                    lease_expires_at=None, progress=100)
+            .returning(*tasks.c)
+        ).first()
+        if row is None:
+            self._explain_not_held(conn, task_id, agent_id, now)
+        self._end_attempt(conn, row.id, row.attempts, now, "completed", None)
+        audit.record(conn, now, principal, "task.complete", task_id, {})
+        return task_view(row)
+
+    async def fail(self, principal: Principal, task_id: str, error: str, retryable: bool = True) -> TaskView:
+        _require_agent(principal)
+        view, requeued = await self._db.write(self._fail_tx, principal, task_id, error, retryable)
+        self._announce_local(requeued)
+        return view
+
+    def _fail_tx(self, conn: Connection, principal: Principal, task_id: str, error: str,
+                 retryable: bool) -> tuple[TaskView, _Requeued | None]:
+        now = self._clock.now_us()
+        agent_id = principal.id
+        query = select(tasks).where(*self._held_by(task_id, agent_id, now))
+        if conn.dialect.name == "postgresql":
+            query = query.with_for_update()
+        row = conn.execute(query).first()
+        if row is None:
+            self._explain_not_held(conn, task_id, agent_id, now)
+        outcome = "cancelled" if row.cancel_requested else "failed"
+        view, requeued = self._end_lease(conn, row, now, outcome=outcome, error=error, retryable=retryable)
+        audit.record(conn, now, principal, "task.fail", task_id,
+                     {"retryable": retryable, "status": view.status})
+        return view, requeued
+
+    # -- reaper --------------------------------------------------------------------------------
+    async def reap_once(self) -> int:
+        """End every lapsed lease: retry, dead, or cancelled. Safe to run on every replica."""
+        ended = await self._db.write(self._reap_tx)
+        for requeued in ended:
+            self._announce_local(requeued)
+        return len(ended)
+
+    def _reap_tx(self, conn: Connection) -> list[_Requeued | None]:
+        now = self._clock.now_us()
+        ids = list(conn.execute(self._lapsed, {"now": now}).scalars())
+        if not ids:
+            return []
+        ended: list[_Requeued | None] = []
+        for row in conn.execute(select(tasks).where(tasks.c.id.in_(ids))):
+            outcome = "cancelled" if row.cancel_requested else "expired"
+            _, requeued = self._end_lease(conn, row, now, outcome=outcome,
+                                          error=f"lease expired (held by {row.agent_id})", retryable=True,
+                                          lapsed=True)
+            audit.record(conn, now, REAPER, "task.lease_expired", row.id,
+                         {"agent_id": row.agent_id})
+            ended.append(requeued)
+        return ended
+
+    def release_held_by(self, conn: Connection, agent_ids: list[str], now: int) -> list[_Requeued | None]:
+        """Leases of agents that are gone end now: the work goes back to the queue (or dead if out
+        of attempts). Runs inside the caller's transaction."""
+        if not agent_ids:
+            return []
+        rows = conn.execute(select(tasks).where(tasks.c.agent_id.in_(agent_ids),
+                                                tasks.c.status == TaskStatus.RUNNING.value)).all()
+        return [self._end_lease(conn, row, now, outcome="released", error=f"agent {row.agent_id} terminated",
+                                retryable=True, immediate=True)[1] for row in rows]
+
+    # -- shared --------------------------------------------------------------------------------
+    def _end_lease(self, conn: Connection, row: Row[Any], now: int, *, outcome: str, error: str,
+                   retryable: bool, lapsed: bool = False, immediate: bool = False
+                   ) -> tuple[TaskView, _Requeued | None]:
+        """Move a running task to its next status: cancelled, queued (retry), dead or failed."""
+        requeued = None
+        values: dict[str, Any] = {"lease_expires_at": None, "updated_at": now}
+        if row.cancel_requested:
+            values.update(status=TaskStatus.CANCELLED.value, finished_at=now)
+        elif retryable and row.attempts < row.max_attempts:
+            delay = 0 if immediate else backoff_delay_us(row.attempts, row.backoff_base_ms, row.backoff_cap_ms,
+                                                          self._rng)
+            values.update(status=TaskStatus.QUEUED.value, ready_at=now + delay, error=error)
+            requeued = _Requeued(list(row.capabilities), row.pinned_agent_id, now + delay)
+        elif retryable:
+            values.update(status=TaskStatus.DEAD.value, finished_at=now,
+                          error=f"{error} (attempt {row.attempts} of {row.max_attempts}; no attempts left)")
+        else:
+            values.update(status=TaskStatus.FAILED.value, finished_at=now, error=error)
+        guard = [tasks.c.id == row.id, tasks.c.status == TaskStatus.RUNNING.value, tasks.c.agent_id == row.agent_id]
+        if lapsed:
+            guard.append(tasks.c.lease_expires_at <= now)
+        updated = conn.execute(update(tasks).where(*guard).values(**values).returning(*tasks.c)).first()
+        if updated is None:
+            raise Conflict(f"task {row.id} changed while it was being ended; retry")
+        self._end_attempt(conn, row.id, row.attempts, now, outcome, error)
+        if requeued is not None:
+            announce_ready(conn, self._signals, requeued.capabilities, requeued.pinned, requeued.ready_at)
+        return task_view(updated, attempt_history(conn, row.id)), requeued
+
+    @staticmethod
+    def _end_attempt(conn: Connection, task_id: str, number: int, now: int, outcome: str, error: str | None) -> None:
+        conn.execute(update(task_attempts).where(task_attempts.c.task_id == task_id,
+                                                 task_attempts.c.number == number)
+                     .values(ended_at=now, outcome=outcome, error=error))
+
+    def announce_requeued(self, released: list[_Requeued | None]) -> None:
+        """After a commit that released leases: wake local claimers for the requeued work."""
+        for requeued in released:
+            self._announce_local(requeued)
+
+    def _announce_local(self, requeued: _Requeued | None) -> None:
+        if requeued is not None:
+            self._signals.task_ready(frozenset(requeued.capabilities), requeued.pinned, requeued.ready_at,
+                                     self._clock.now_us())
+

@@ -1,0 +1,81 @@
+"""In-process wake-ups for parked claims. Waking is a hint, never the truth: a woken claimer
+re-runs its claim against the store. Each ready task wakes at most one matching waiter, so 2,000
+parked claimers do not stampede the store for one task."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from server.clock import MICROS
+
+
+@dataclass(eq=False)
+class Waiter:
+    agent_id: str
+    capabilities: frozenset[str]
+    event: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def matches(self, required: frozenset[str], pinned: str | None) -> bool:
+        return (pinned is None or pinned == self.agent_id) and required <= self.capabilities
+
+    async def wait(self, timeout: float) -> bool:
+        try:
+            await asyncio.wait_for(self.event.wait(), timeout)
+        except TimeoutError:
+            return False
+        self.event.clear()
+        return True
+
+
+class TaskSignals:
+    def __init__(self) -> None:
+        self.origin = uuid.uuid4().hex[:12]  # tells our own PostgreSQL notifications from others'
+        self._waiters: list[Waiter] = []
+        self._timers: set[asyncio.TimerHandle] = set()
+
+    @property
+    def parked(self) -> int:
+        return len(self._waiters)
+
+    @contextmanager
+    def park(self, agent_id: str, capabilities: frozenset[str]) -> Iterator[Waiter]:
+        waiter = Waiter(agent_id, capabilities)
+        self._waiters.append(waiter)
+        try:
+            yield waiter
+        finally:
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
+
+    def task_ready(self, required: frozenset[str], pinned: str | None, ready_at_us: int, now_us: int) -> None:
+        """A task became claimable (or will at ready_at). Wake one waiter that can take it."""
+        delay = (ready_at_us - now_us) / MICROS
+        if delay > 0:
+            loop = asyncio.get_running_loop()
+            handle = loop.call_later(delay, self._wake_one, required, pinned)
+            self._timers.add(handle)
+            return
+        self._wake_one(required, pinned)
+
+    def _wake_one(self, required: frozenset[str], pinned: str | None) -> None:
+        self._timers = {t for t in self._timers if not t.cancelled() and t.when() > asyncio.get_running_loop().time()}
+        for index, waiter in enumerate(self._waiters):
+            if not waiter.event.is_set() and waiter.matches(required, pinned):
+                # Move it to the back: the next task goes to the next waiter.
+                self._waiters.append(self._waiters.pop(index))
+                waiter.event.set()
+                return
+
+    def wake_all(self) -> None:
+        for waiter in self._waiters:
+            waiter.event.set()
+
+    def close(self) -> None:
+        for handle in self._timers:
+            handle.cancel()
+        self._timers.clear()
+        self.wake_all()

@@ -1,0 +1,149 @@
+"""A2A against a real `agentfleet serve`: the a2a-sdk client over httpx, a bearer token on the
+httpx client, and MCP over HTTP to check that both protocols see the same orchestrator tasks."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+
+import httpx
+import pytest
+from a2a.client import A2ACardResolver, Client, ClientConfig, create_client
+from a2a.helpers import get_message_text, new_data_part, new_message, new_text_message
+from a2a.types import AgentCard, GetTaskRequest, Role, SendMessageRequest, Task, TaskNotFoundError, TaskState
+
+from tests.helpers import call, call_error
+from tests.serving import HTTP_TIMEOUT, FleetServer, bearer, module_database_url, shared_fleet  # noqa: F401 (fixtures)
+
+pytestmark = [pytest.mark.anyio, pytest.mark.slow]
+
+REVIEW_SPEC = {"type": "review", "payload": {"pr": 42}, "capabilities": ["review"], "priority": "high"}
+OpenA2A = Callable[..., AbstractAsyncContextManager[Client]]
+
+
+@pytest.fixture
+def a2a(shared_fleet: FleetServer) -> OpenA2A:
+    """a2a(token=None) -> a non-streaming A2A client for the admin, or for `token`'s principal."""
+
+    @asynccontextmanager
+    async def open_client(token: str | None = None) -> AsyncIterator[Client]:
+        headers = bearer(token or shared_fleet.admin_token)
+        async with httpx.AsyncClient(headers=headers, timeout=HTTP_TIMEOUT) as http:
+            card = await A2ACardResolver(http, shared_fleet.base_url).get_agent_card()
+            client = await create_client(card, client_config=ClientConfig(httpx_client=http, streaming=False))
+            try:
+                yield client
+            finally:
+                await client.close()
+
+    return open_client
+
+
+async def send(client: Client, *parts_or_text: object) -> Task:
+    """SendMessage (non-streaming) as the user; the one response must be a Task."""
+    if len(parts_or_text) == 1 and isinstance(parts_or_text[0], str):
+        message = new_text_message(parts_or_text[0], role=Role.ROLE_USER)
+    else:
+        message = new_message(list(parts_or_text), role=Role.ROLE_USER)  # type: ignore[arg-type]
+    responses = [r async for r in client.send_message(SendMessageRequest(message=message))]
+    assert len(responses) == 1, responses
+    [response] = responses
+    assert response.WhichOneof("payload") == "task", response
+    return response.task
+
+
+async def get_task(client: Client, task_id: str) -> Task:
+    return await client.get_task(GetTaskRequest(id=task_id))
+
+
+async def test_agent_card_publishes_skills_bearer_auth_and_the_jsonrpc_endpoint(shared_fleet: FleetServer) -> None:
+    async with httpx.AsyncClient(timeout=HTTP_TIMEOUT) as anonymous:  # the card is public
+        card: AgentCard = await A2ACardResolver(anonymous, shared_fleet.base_url).get_agent_card()
+    assert card.name == "agentfleet orchestrator"
+    assert {skill.id for skill in card.skills} == {"submit-task", "fleet-status"}
+    assert card.capabilities.streaming
+    scheme = card.security_schemes["bearer"]
+    assert scheme.WhichOneof("scheme") == "http_auth_security_scheme"
+    assert scheme.http_auth_security_scheme.scheme.lower() == "bearer"
+    assert [list(req.schemes) for req in card.security_requirements] == [["bearer"]]
+    [interface] = card.supported_interfaces
+    assert interface.url == f"{shared_fleet.base_url}/a2a" and interface.url.endswith("/a2a")
+    assert interface.protocol_binding == "JSONRPC"
+
+
+async def test_a_data_part_task_spec_becomes_an_orchestrator_task(shared_fleet: FleetServer, a2a: OpenA2A) -> None:
+    async with a2a() as client:
+        task = await send(client, new_data_part(REVIEW_SPEC))
+        assert task.id.startswith("tsk_")
+        assert task.status.state == TaskState.TASK_STATE_SUBMITTED
+
+        async with shared_fleet.mcp() as admin:
+            orchestrated = await call(admin, "task_get", task_id=task.id)
+        assert orchestrated["id"] == task.id
+        assert orchestrated["type"] == "review" and orchestrated["status"] == "queued"
+        assert orchestrated["payload"] == {"pr": 42}
+        assert type(orchestrated["payload"]["pr"]) is int  # not 42.0, though protobuf carried a double
+        assert orchestrated["priority"] == "high" and orchestrated["capabilities"] == ["review"]
+        assert orchestrated["submitted_by"] == "admin"
+
+        fetched = await get_task(client, task.id)
+        assert fetched.id == task.id and fetched.context_id == task.context_id
+        assert fetched.status.state == TaskState.TASK_STATE_SUBMITTED
+
+        async with shared_fleet.mcp() as admin:
+            cancelled = await call(admin, "task_cancel", task_id=task.id, reason="changed my mind")
+        assert cancelled["status"] == "cancelled"
+        mirrored = await get_task(client, task.id)
+        assert mirrored.status.state == TaskState.TASK_STATE_CANCELED  # the A2A view follows the orchestrator
+        assert "changed my mind" in get_message_text(mirrored.status.message)
+
+
+async def test_plain_text_becomes_a_text_task(shared_fleet: FleetServer, a2a: OpenA2A) -> None:
+    async with a2a() as client:
+        task = await send(client, "Summarise the open incidents")
+    assert task.id.startswith("tsk_") and task.status.state == TaskState.TASK_STATE_SUBMITTED
+    async with shared_fleet.mcp() as admin:
+        orchestrated = await call(admin, "task_get", task_id=task.id)
+    assert orchestrated["type"] == "text"
+    assert orchestrated["payload"] == {"text": "Summarise the open incidents"}
+    assert orchestrated["priority"] == "normal"
+
+
+@pytest.mark.parametrize("spec", [
+    {**REVIEW_SPEC, "priority": "urgent"},
+    {**REVIEW_SPEC, "colour": "blue"},
+    {"payload": {"pr": 42}},
+], ids=["bad-priority", "unknown-field", "no-type"])
+async def test_a_bad_task_spec_is_rejected_with_invalid_input_and_queues_nothing(
+        shared_fleet: FleetServer, a2a: OpenA2A, spec: dict[str, object]) -> None:
+    async with a2a() as client:
+        task = await send(client, new_data_part(spec))
+        assert task.status.state == TaskState.TASK_STATE_REJECTED
+        reason = get_message_text(task.status.message)
+        assert reason.startswith("invalid_input"), reason
+        assert (await get_task(client, task.id)).status.state == TaskState.TASK_STATE_REJECTED
+    async with shared_fleet.mcp() as admin:
+        missing = await call_error(admin, "task_get", task_id=task.id)
+    assert missing.code == "not_found"  # no half-made orchestrator task behind the rejection
+
+
+async def test_an_agent_cannot_see_a2a_tasks_it_did_not_create(shared_fleet: FleetServer, a2a: OpenA2A) -> None:
+    async with shared_fleet.mcp() as admin:
+        spawned = await call(admin, "agent_spawn", profile="developer")
+    async with a2a() as as_admin:
+        admins = await send(as_admin, new_data_part(REVIEW_SPEC))
+    async with a2a(spawned["token"]) as as_agent:
+        with pytest.raises(TaskNotFoundError):
+            await get_task(as_agent, admins.id)
+        own = await send(as_agent, "run the linters")
+        assert (await get_task(as_agent, own.id)).status.state == TaskState.TASK_STATE_SUBMITTED
+    async with shared_fleet.mcp() as admin:
+        assert (await call(admin, "task_get", task_id=own.id))["submitted_by"] == spawned["agent"]["id"]
+
+
+async def test_a2a_needs_a_valid_bearer_token(shared_fleet: FleetServer) -> None:
+    async with httpx.AsyncClient(timeout=HTTP_TIMEOUT, headers={"A2A-Version": "1.0"}) as anonymous:
+        body = {"jsonrpc": "2.0", "id": 1, "method": "GetTask", "params": {"id": "tsk_0"}}
+        assert (await anonymous.post(shared_fleet.url("/a2a"), json=body)).status_code == 401
+        response = await anonymous.post(shared_fleet.url("/a2a"), json=body, headers=bearer("afa_wrong"))
+        assert response.status_code == 401
