@@ -25,6 +25,7 @@ from server.store.database import create_store_engine, normalize_url
 from tools import build_mcp
 
 ADMIN_TOKEN = "afk_test-admin-token-0123456789abcdefghijklmnop"
+TEST_PROFILES = Path(__file__).parent / "profiles"
 PG_URL = os.environ.get("AGENTFLEET_TEST_DATABASE_URL")
 REQUIRE_PG = os.environ.get("AGENTFLEET_REQUIRE_POSTGRES") == "1"
 _pg_tests_run = 0
@@ -107,7 +108,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
 @pytest.fixture
 def settings(tmp_path: Path, database_url: str) -> Settings:
     return Settings(data_dir=tmp_path / "data", database_url=database_url, admin_token=ADMIN_TOKEN,
-                    port=8765)
+                    port=8765, profiles_dir=TEST_PROFILES)
 
 
 @pytest.fixture
@@ -132,8 +133,7 @@ def fake_time_services(settings: Settings, clock: FakeClock) -> Iterator[Service
 Connect = Callable[..., AbstractAsyncContextManager[Client]]
 
 
-@pytest.fixture
-def connect(services: Services) -> Connect:
+def connector(services: Services) -> Connect:
     """connect(token=None) -> an in-process MCP client acting as admin, or as token's principal."""
     metrics = Metrics(services.fleet)
 
@@ -143,3 +143,14 @@ def connect(services: Services) -> Connect:
             yield client
 
     return open_client
+
+
+@pytest.fixture
+def connect(services: Services) -> Connect:
+    return connector(services)
+
+
+@pytest.fixture
+def fake_connect(fake_time_services: Services) -> Connect:
+    """Like connect, over services whose clock only moves when the test says (see `clock`)."""
+    return connector(fake_time_services)

@@ -5,12 +5,13 @@ URL and admin token, waits until GET /healthz answers, and stops it with SIGTERM
 SIGKILL (`kill`). Its stdout and stderr go to files beside the test's tmp_path, so a failure can
 show what the server said.
 
-Fixtures (import them into a test module: `from tests.serving import serve  # noqa: F401`):
+Fixtures: load them with `pytest_plugins = ["tests.serving"]` in the test module, and import from
+here only under TYPE_CHECKING (a plugin imported before it is registered loses assert rewriting).
 
 - `serve(database_url, *, data_dir=None, admin_token=ADMIN_TOKEN, env=None)` starts a server and
   stops it at teardown; call it again with the same arguments to restart on the same store.
   Pair it with tests.conftest's function-scoped `database_url` for an empty store per test.
-- `shared_fleet` is one server per test module and store kind (`module_database_url`: SQLite, and
+- `shared_fleet` is one server per test session and store kind (`shared_database_url`: SQLite, and
   PostgreSQL when AGENTFLEET_TEST_DATABASE_URL is set), for tests that tolerate each other's data.
 
 When a test using them fails, the servers' output is written to the terminal.
@@ -207,7 +208,8 @@ class FleetServer:
                 yield client
 
     def http(self, token: str | None = None) -> httpx.AsyncClient:
-        """A plain httpx client on this server; with a bearer header when `token` is given."""
+        """A plain httpx client on this server (relative URLs work); with a bearer header when
+        `token` is given. The A2A client accepts it as its httpx_client."""
         return httpx.AsyncClient(base_url=self.base_url, headers=bearer(token) if token else None,
                                  timeout=HTTP_TIMEOUT)
 
@@ -261,11 +263,11 @@ def serve(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ServeFacto
     started.close()
 
 
-@pytest.fixture(scope="module", params=STORES)
-def module_database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """Like tests.conftest's `database_url`, but one fresh store per test module (and store kind)."""
+@pytest.fixture(scope="session", params=STORES)
+def shared_database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Like tests.conftest's `database_url`, but one store per test session (and store kind)."""
     if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path_factory.mktemp('store') / 'agentfleet.db'}"
+        yield f"sqlite:///{tmp_path_factory.mktemp('shared-store') / 'agentfleet.db'}"
         return
     conftest._pg_tests_run += 1  # noqa: SLF001 - keeps AGENTFLEET_REQUIRE_POSTGRES honest
     url, drop = conftest._fresh_pg_database()  # noqa: SLF001
@@ -273,11 +275,12 @@ def module_database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest
     drop()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def shared_fleet(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
-                 module_database_url: str) -> Iterator[FleetServer]:
-    """One server per test module and store, for tests that do not need an empty store (a start
-    costs ~2 s, nearly all of it imports). Tests sharing it must not assume absolute counts."""
+                 shared_database_url: str) -> Iterator[FleetServer]:
+    """One server per test session and store kind, for tests that do not need an empty store (a
+    start costs ~2 s, nearly all of it imports). Tests sharing it must not assume absolute counts
+    or an empty fleet."""
     started = _Started(request, tmp_path_factory.mktemp("shared-fleet"), prefix="shared")
-    yield started.start(module_database_url)
+    yield started.start(shared_database_url)
     started.close()

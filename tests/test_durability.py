@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import signal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import pytest
 
 from tests.helpers import call
-from tests.serving import FleetServer, ServeFactory, serve  # noqa: F401 (fixture)
 
+if TYPE_CHECKING:
+    from tests.serving import FleetServer, ServeFactory
+
+pytest_plugins = ["tests.serving"]
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
 PROFILES = ["developer", "reviewer", "researcher", "default", "developer"]

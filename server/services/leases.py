@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Row, bindparam, func, select, text, update
+from sqlalchemy import BigInteger, Connection, Row, bindparam, cast, func, select, text, update
 
 from server.clock import MICROS, Clock, to_iso
 from server.domain.backoff import Random, backoff_delay_us
@@ -34,6 +34,8 @@ from server.store.tables import agents, task_attempts, tasks
 
 _LIVE = [s.value for s in LIVE_AGENT_STATUSES]
 _REAP_BATCH = 200
+# Microsecond arithmetic overflows 32-bit integers: keep every term BIGINT on PostgreSQL.
+_LEASE_US = cast(tasks.c.lease_s, BigInteger) * MICROS
 
 
 @dataclass(frozen=True)
@@ -70,7 +72,7 @@ class LeaseService:
         self._touch_agent = (
             update(agents)
             .where(agents.c.id == bindparam("me"), agents.c.status.in_(_LIVE))
-            .values(last_heartbeat_at=bindparam("now"), status=AgentStatus.ACTIVE.value)
+            .values(last_heartbeat_at=bindparam("now", type_=BigInteger), status=AgentStatus.ACTIVE.value)
             .returning(agents.c.capabilities, agents.c.max_concurrency)
         )
         self._held = select(func.count()).select_from(tasks).where(
@@ -89,8 +91,10 @@ class LeaseService:
             update(tasks)
             .where(tasks.c.id == bindparam("task_id"), tasks.c.status == TaskStatus.QUEUED.value)
             .values(status=TaskStatus.RUNNING.value, agent_id=bindparam("me"), attempts=tasks.c.attempts + 1,
-                    lease_expires_at=bindparam("now") + func.coalesce(bindparam("lease_us"), tasks.c.lease_s * MICROS),
-                    started_at=func.coalesce(tasks.c.started_at, bindparam("now")), updated_at=bindparam("now"),
+                    lease_expires_at=bindparam("now", type_=BigInteger)
+                    + func.coalesce(bindparam("lease_us", type_=BigInteger), _LEASE_US),
+                    started_at=func.coalesce(tasks.c.started_at, bindparam("now", type_=BigInteger)),
+                    updated_at=bindparam("now", type_=BigInteger),
                     progress=None, progress_message=None, unroutable=False)
             .returning(*tasks.c)
         )
@@ -157,7 +161,7 @@ class LeaseService:
     def _heartbeat_tx(self, conn: Connection, agent_id: str, task_id: str, progress: int | None,
                       message: str | None) -> TaskLease:
         now = self._clock.now_us()
-        values: dict[str, Any] = {"lease_expires_at": now + tasks.c.lease_s * MICROS, "updated_at": now}
+        values: dict[str, Any] = {"lease_expires_at": cast(now, BigInteger) + _LEASE_US, "updated_at": now}
         if progress is not None:
             values["progress"] = progress
         if message is not None:

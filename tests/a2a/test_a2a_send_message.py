@@ -5,16 +5,19 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import TYPE_CHECKING
 
-import httpx
 import pytest
 from a2a.client import A2ACardResolver, Client, ClientConfig, create_client
 from a2a.helpers import get_message_text, new_data_part, new_message, new_text_message
 from a2a.types import AgentCard, GetTaskRequest, Role, SendMessageRequest, Task, TaskNotFoundError, TaskState
 
 from tests.helpers import call, call_error
-from tests.serving import HTTP_TIMEOUT, FleetServer, bearer, module_database_url, shared_fleet  # noqa: F401 (fixtures)
 
+if TYPE_CHECKING:
+    from tests.serving import FleetServer
+
+pytest_plugins = ["tests.serving"]
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
 REVIEW_SPEC = {"type": "review", "payload": {"pr": 42}, "capabilities": ["review"], "priority": "high"}
@@ -27,8 +30,7 @@ def a2a(shared_fleet: FleetServer) -> OpenA2A:
 
     @asynccontextmanager
     async def open_client(token: str | None = None) -> AsyncIterator[Client]:
-        headers = bearer(token or shared_fleet.admin_token)
-        async with httpx.AsyncClient(headers=headers, timeout=HTTP_TIMEOUT) as http:
+        async with shared_fleet.http(token or shared_fleet.admin_token) as http:
             card = await A2ACardResolver(http, shared_fleet.base_url).get_agent_card()
             client = await create_client(card, client_config=ClientConfig(httpx_client=http, streaming=False))
             try:
@@ -57,7 +59,7 @@ async def get_task(client: Client, task_id: str) -> Task:
 
 
 async def test_agent_card_publishes_skills_bearer_auth_and_the_jsonrpc_endpoint(shared_fleet: FleetServer) -> None:
-    async with httpx.AsyncClient(timeout=HTTP_TIMEOUT) as anonymous:  # the card is public
+    async with shared_fleet.http() as anonymous:  # the card is public
         card: AgentCard = await A2ACardResolver(anonymous, shared_fleet.base_url).get_agent_card()
     assert card.name == "agentfleet orchestrator"
     assert {skill.id for skill in card.skills} == {"submit-task", "fleet-status"}
@@ -142,8 +144,8 @@ async def test_an_agent_cannot_see_a2a_tasks_it_did_not_create(shared_fleet: Fle
 
 
 async def test_a2a_needs_a_valid_bearer_token(shared_fleet: FleetServer) -> None:
-    async with httpx.AsyncClient(timeout=HTTP_TIMEOUT, headers={"A2A-Version": "1.0"}) as anonymous:
-        body = {"jsonrpc": "2.0", "id": 1, "method": "GetTask", "params": {"id": "tsk_0"}}
-        assert (await anonymous.post(shared_fleet.url("/a2a"), json=body)).status_code == 401
-        response = await anonymous.post(shared_fleet.url("/a2a"), json=body, headers=bearer("afa_wrong"))
-        assert response.status_code == 401
+    body = {"jsonrpc": "2.0", "id": 1, "method": "GetTask", "params": {"id": "tsk_0"}}
+    async with shared_fleet.http() as anonymous:
+        assert (await anonymous.post("/a2a", json=body, headers={"A2A-Version": "1.0"})).status_code == 401
+    async with shared_fleet.http("afa_wrong") as stranger:
+        assert (await stranger.post("/a2a", json=body, headers={"A2A-Version": "1.0"})).status_code == 401

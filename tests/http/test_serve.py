@@ -6,13 +6,18 @@ import json
 import re
 import signal
 import stat
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.helpers import call, call_error
-from tests.serving import FleetServer, bearer, module_database_url, serve, shared_fleet  # noqa: F401 (fixtures)
 
+if TYPE_CHECKING:
+    from tests.serving import FleetServer, ServeFactory
+
+pytest_plugins = ["tests.serving"]
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
 ISSUE_2_TOOLS = {"fleet_status", "agent_spawn", "agent_list", "agent_get", "agent_terminate", "agent_heartbeat",
@@ -66,7 +71,8 @@ async def test_mcp_over_streamable_http_in_both_protocol_eras(shared_fleet: Flee
 async def test_protected_endpoints_answer_401_without_a_valid_token(shared_fleet: FleetServer, method: str,
                                                                     path: str) -> None:
     async with shared_fleet.http() as anonymous:
-        for headers in ({}, bearer("afk_not-the-admin-token"), bearer("afa_not-an-agent-token"),
+        for headers in ({}, {"Authorization": "Bearer afk_not-the-admin-token"},
+                        {"Authorization": "Bearer afa_not-an-agent-token"},
                         {"Authorization": shared_fleet.admin_token}):  # the token without the Bearer scheme
             response = await anonymous.request(method, path, headers=headers, json={})
             assert response.status_code == 401, (path, headers, response.text)
@@ -142,9 +148,11 @@ async def test_metrics_count_tool_calls_requests_agents_and_tasks(shared_fleet: 
 ANNOUNCED_TOKEN = re.compile(r"admin token \(shown once; kept in (?P<path>\S+)\): (?P<token>\S+)")
 
 
-async def test_first_start_prints_a_generated_admin_token_once(serve, database_url: str, tmp_path) -> None:
+async def test_first_start_prints_a_generated_admin_token_once(serve: ServeFactory, tmp_path: Path) -> None:
+    """Neither AGENTFLEET_ADMIN_TOKEN nor AGENTFLEET_DATABASE_URL set: everything lives in the data
+    dir (the token file has nothing to do with the store kind, so this runs once)."""
     data_dir = tmp_path / "fresh-data"
-    first = serve(database_url, data_dir=data_dir, admin_token=None)
+    first = serve(None, data_dir=data_dir, admin_token=None)
     token_file = data_dir / "admin.token"
     match = ANNOUNCED_TOKEN.search(first.stdout())
     assert match is not None, first.output()
@@ -152,15 +160,16 @@ async def test_first_start_prints_a_generated_admin_token_once(serve, database_u
     assert match["path"] == str(token_file)
     assert token_file.read_text(encoding="utf-8").strip() == token
     assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
-    async with first.http(token) as http:
-        assert (await http.get("/readyz")).status_code == 200
+    assert (data_dir / "agentfleet.db").is_file()  # the default store: SQLite in the data dir
+    async with first.mcp(token) as admin:
+        await call(admin, "agent_spawn", profile="default")
     assert first.stop() in (0, -signal.SIGTERM)  # a graceful stop, not a crash
 
-    second = serve(database_url, data_dir=data_dir, admin_token=None)
-    assert token not in second.stdout() and "admin token" not in second.stdout()
+    second = serve(None, data_dir=data_dir, admin_token=None)
+    assert "admin token" not in second.stdout() and token not in second.stdout()
     assert token not in second.stderr()
     assert token_file.read_text(encoding="utf-8").strip() == token
     async with second.http(token) as http:
         assert (await http.get("/readyz")).status_code == 200
     async with second.mcp(token) as admin:
-        assert (await call(admin, "fleet_status"))["totals"]["agents"] == 0
+        assert (await call(admin, "fleet_status"))["totals"]["agents"] == 1

@@ -12,8 +12,8 @@ from mcp import Client, StdioServerParameters
 
 from tests.conftest import ADMIN_TOKEN
 from tests.helpers import ToolFailed, call, call_error
-from tests.serving import REPO_ROOT
 
+REPO_ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
 
