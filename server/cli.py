@@ -72,9 +72,7 @@ def _announce(settings: Settings, admin: AdminToken, stdio: bool) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     import anyio
-    import uvicorn
 
-    from server.http.app import create_app
     from server.metrics import Metrics
     from server.services.container import build_services
     from tools import build_mcp
@@ -89,6 +87,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
             _announce(settings, admin, stdio=True)
             anyio.run(_serve_stdio, mcp, services)
             return 0
+        import uvicorn  # the HTTP stack (and a2a-sdk) load only when serving HTTP: stdio starts faster
+
+        from server.http.app import create_app
+
         app = create_app(services)
         config = uvicorn.Config(app, host=settings.host, port=settings.port, loop="uvloop", http="httptools",
                                 log_level=settings.log_level, access_log=False, lifespan="on")

@@ -2,8 +2,8 @@
 
 `FleetServer` starts `python -m server.cli serve --port <free port>` with its own data dir, store
 URL and admin token, waits until GET /healthz answers, and stops it with SIGTERM (`stop`) or
-SIGKILL (`kill`). Its stdout and stderr go to files beside the test's tmp_path, so a failure can
-show what the server said.
+SIGKILL (`kill`). Its stdout and stderr go to files under the test's tmp_path (logs/NAME.N.stdout,
+.stderr), so a failure can show what the server said.
 
 Fixtures: load them with `pytest_plugins = ["tests.serving"]` in the test module, and import from
 here only under TYPE_CHECKING (a plugin imported before it is registered loses assert rewriting).
@@ -159,7 +159,7 @@ class FleetServer:
                 if self.process.poll() is not None:
                     return False
                 try:
-                    if http.get(self.url("/healthz")).status_code == 200:
+                    if http.get(self.url("/healthz")).status_code == 200 and self.process.poll() is None:
                         return True
                 except httpx.TransportError:
                     pass
@@ -237,8 +237,14 @@ class _Started:
         return server.start()
 
     def close(self) -> None:
+        stuck: list[ServerFailed] = []
         for server in self.servers:
-            server.stop()
+            try:
+                server.stop()
+            except ServerFailed as exc:  # stop the others all the same
+                stuck.append(exc)
+        if stuck:
+            raise stuck[0]
         if self._request.session.testsfailed > self._failures_before and self.servers:
             text = "\n".join(server.output() for server in self.servers)
             header = f"agentfleet serve output for {self._request.node.nodeid}"
@@ -248,7 +254,7 @@ class _Started:
             if reporter is None or capture is None:
                 print(f"{header}\n{text}", file=sys.stderr)
                 return
-            with capture.global_and_fixture_disabled():  # a module's last test may have passed
+            with capture.global_and_fixture_disabled():  # the last test on a shared server may have passed
                 reporter.write_line(f"\n=== {header} ===\n{text}")
 
 
@@ -256,7 +262,8 @@ class _Started:
 def serve(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ServeFactory]:
     """serve(database_url, *, data_dir=None, admin_token=ADMIN_TOKEN, env=None) -> a running server.
 
-    Every call starts a new process (logs in tmp_path/logs/serve-N.*); the same data_dir and
+    database_url=None leaves AGENTFLEET_DATABASE_URL unset (SQLite in the data dir); admin_token=None
+    leaves AGENTFLEET_ADMIN_TOKEN unset (generated into DATA_DIR/admin.token). Every call starts a new process (logs in tmp_path/logs/serve-N.*); the same data_dir and
     database_url make it a restart on the same store. All are stopped at teardown."""
     started = _Started(request, tmp_path)
     yield started.start

@@ -72,7 +72,8 @@ class TaskView(BaseModel):
     progress_message: str | None
     usage: Any
     unroutable: bool = Field(description="queued although no live agent or profile had its capabilities")
-    attempt_history: list[AttemptView] | None = Field(None, description="every attempt (task_get only)")
+    attempt_history: list[AttemptView] | None = Field(
+        None, description="every attempt: filled by task_get (and the task resource), null elsewhere")
 
 
 class ClaimResult(BaseModel):

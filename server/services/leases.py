@@ -26,7 +26,7 @@ from server.domain.views import ClaimResult, TaskLease, TaskView
 from server.errors import Conflict, InvalidInput, LeaseExpired, NotFound, PermissionDenied
 from server.services import audit
 from server.services.signals import TaskSignals
-from server.services.task_rows import attempt_history, task_view
+from server.services.task_rows import task_view
 from server.services.tasks import announce_ready
 from server.store.database import Database
 from server.store.dialect import json_subset
@@ -299,7 +299,7 @@ class LeaseService:
         self._end_attempt(conn, row.id, row.attempts, now, outcome, error)
         if requeued is not None:
             announce_ready(conn, self._signals, requeued.capabilities, requeued.pinned, requeued.ready_at)
-        return task_view(updated, attempt_history(conn, row.id)), requeued
+        return task_view(updated), requeued
 
     @staticmethod
     def _end_attempt(conn: Connection, task_id: str, number: int, now: int, outcome: str, error: str | None) -> None:

@@ -208,5 +208,5 @@ class TaskService:
         if not done:
             raise Conflict(f"task {task_id} is already {row.status}")
         audit.record(conn, now, principal, "task.cancel", task_id, {"reason": reason})
-        return task_view(conn.execute(select(tasks).where(tasks.c.id == task_id)).one(), attempt_history(conn, task_id))
+        return task_view(conn.execute(select(tasks).where(tasks.c.id == task_id)).one())
 

@@ -10,7 +10,9 @@ from typing import TYPE_CHECKING
 import pytest
 from a2a.client import A2ACardResolver, Client, ClientConfig, create_client
 from a2a.helpers import get_message_text, new_data_part, new_message, new_text_message
-from a2a.types import AgentCard, GetTaskRequest, Role, SendMessageRequest, Task, TaskNotFoundError, TaskState
+from a2a.types import (
+    AgentCard, GetTaskRequest, Part, Role, SendMessageRequest, Task, TaskNotFoundError, TaskState,
+)
 
 from tests.helpers import call, call_error
 
@@ -41,12 +43,13 @@ def a2a(shared_fleet: FleetServer) -> OpenA2A:
     return open_client
 
 
-async def send(client: Client, *parts_or_text: object) -> Task:
-    """SendMessage (non-streaming) as the user; the one response must be a Task."""
-    if len(parts_or_text) == 1 and isinstance(parts_or_text[0], str):
-        message = new_text_message(parts_or_text[0], role=Role.ROLE_USER)
+async def send(client: Client, content: str | Part) -> Task:
+    """SendMessage (non-streaming) as the user, with a text or another part; the one response
+    must be a Task."""
+    if isinstance(content, str):
+        message = new_text_message(content, role=Role.ROLE_USER)
     else:
-        message = new_message(list(parts_or_text), role=Role.ROLE_USER)  # type: ignore[arg-type]
+        message = new_message([content], role=Role.ROLE_USER)
     responses = [r async for r in client.send_message(SendMessageRequest(message=message))]
     assert len(responses) == 1, responses
     [response] = responses

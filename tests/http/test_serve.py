@@ -22,8 +22,17 @@ pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
 ISSUE_2_TOOLS = {"fleet_status", "agent_spawn", "agent_list", "agent_get", "agent_terminate", "agent_heartbeat",
                  "task_submit", "task_get", "task_list", "task_cancel"}
-READ_ONLY_TOOLS = {"fleet_status", "agent_list", "agent_get", "task_get", "task_list"}
-DESTRUCTIVE_TOOLS = {"agent_terminate", "task_cancel"}
+# Every tool name the contract allows (docs/contract.md, "MCP tools"); later issues add from here.
+CONTRACT_TOOLS = ISSUE_2_TOOLS | {
+    "agent_restart", "task_claim", "task_heartbeat", "task_complete", "task_fail",
+    "lock_acquire", "lock_release", "lock_renew", "lock_list", "resource_set",
+    "budget_set", "budget_status", "budget_reserve", "budget_release", "usage_record",
+    "workflow_run", "workflow_get", "workflow_list", "workflow_cancel", "workflow_template_save",
+    "approval_list", "approval_decide", "audit_query",
+}
+READ_ONLY_TOOLS = {"fleet_status", "agent_list", "agent_get", "task_get", "task_list", "lock_list", "budget_status",
+                   "workflow_get", "workflow_list", "approval_list", "audit_query"}
+DESTRUCTIVE_ISSUE_2_TOOLS = {"agent_terminate", "task_cancel"}
 PROTOCOL_OF_MODE = {"auto": "2026-07-28", "legacy": "2025-11-25"}
 PROTECTED = [("POST", "/mcp"), ("POST", "/a2a"), ("GET", "/readyz"), ("GET", "/metrics")]
 
@@ -34,11 +43,13 @@ async def test_mcp_over_streamable_http_in_both_protocol_eras(shared_fleet: Flee
         assert admin.protocol_version == PROTOCOL_OF_MODE[mode]
 
         tools = {tool.name: tool for tool in (await admin.list_tools()).tools}
-        assert set(tools) == ISSUE_2_TOOLS
+        assert ISSUE_2_TOOLS <= set(tools), ISSUE_2_TOOLS - set(tools)
+        assert set(tools) <= CONTRACT_TOOLS, set(tools) - CONTRACT_TOOLS  # no name outside the contract
         for name, tool in tools.items():
             assert tool.annotations is not None, f"{name} has no annotations"
             assert tool.annotations.read_only_hint is (name in READ_ONLY_TOOLS), name
-            assert tool.annotations.destructive_hint is (name in DESTRUCTIVE_TOOLS), name
+        for name in ISSUE_2_TOOLS:
+            assert tools[name].annotations.destructive_hint is (name in DESTRUCTIVE_ISSUE_2_TOOLS), name
 
         spawned = await call(admin, "agent_spawn", profile="developer", name="dev-http")
         assert spawned["agent"]["status"] == "starting"
@@ -54,7 +65,8 @@ async def test_mcp_over_streamable_http_in_both_protocol_eras(shared_fleet: Flee
                                capabilities=["review"], priority="high")
         assert submitted["id"].startswith("tsk_") and submitted["status"] == "queued"
         shown = await call(admin, "task_get", task_id=submitted["id"])
-        assert shown == submitted
+        # task_get adds detail (attempt_history) that task_submit leaves null; the rest is the same.
+        assert {**shown, "attempt_history": None} == {**submitted, "attempt_history": None}
         assert shown["payload"] == {"pr": 42, "files": ["a.py"]} and shown["priority"] == "high"
 
         resource = await admin.read_resource(f"agentfleet://tasks/{submitted['id']}")

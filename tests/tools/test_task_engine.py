@@ -128,6 +128,8 @@ async def test_retryable_failures_back_off_exponentially_then_the_task_is_dead(f
             clock.advance(bound)
         await claim(agent)
         dead = await call(agent, "task_fail", task_id=task["id"], error="boom 3")
+        assert dead["attempt_history"] is None  # only task_get carries the history
+        dead = await call(agent, "task_get", task_id=task["id"])
     assert dead["status"] == "dead" and "no attempts left" in dead["error"]
     assert [a["outcome"] for a in dead["attempt_history"]] == ["failed", "failed", "failed"]
     assert [a["error"] for a in dead["attempt_history"]] == ["boom 1", "boom 2", "boom 3"]
