@@ -13,8 +13,8 @@ from server.settings import Settings
 @dataclass(frozen=True)
 class AdminToken:
     value: str
-    path: Path | None       # where it is kept; None when it came from the environment
-    created: bool           # True only on the start that generated it
+    path: Path | None  # where it is kept; None when it came from the environment
+    created: bool  # True only on the start that generated it
 
 
 def ensure_admin_token(settings: Settings) -> AdminToken:

@@ -48,21 +48,29 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _settings(args: argparse.Namespace) -> Settings:
     return load_settings(
-        data_dir=args.data_dir, database_url=args.database_url, profiles_dir=args.profiles_dir,
-        host=getattr(args, "host", None), port=getattr(args, "port", None),
+        data_dir=args.data_dir,
+        database_url=args.database_url,
+        profiles_dir=args.profiles_dir,
+        host=getattr(args, "host", None),
+        port=getattr(args, "port", None),
         log_level=getattr(args, "log_level", None),
     )
 
 
 def _configure_logging(level: str) -> None:
     # Before MCPServer is built: it calls basicConfig, and stdout must stay clean for stdio.
-    logging.basicConfig(level=level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
 
 
 def _announce(settings: Settings, admin: AdminToken, stdio: bool) -> None:
     out = sys.stderr if stdio else sys.stdout
-    where = "MCP over stdio" if stdio else f"{settings.base_url}  (MCP {settings.base_url}/mcp, A2A {settings.base_url}/a2a)"
+    where = (
+        "MCP over stdio"
+        if stdio
+        else f"{settings.base_url}  (MCP {settings.base_url}/mcp, A2A {settings.base_url}/a2a)"
+    )
     print(f"agentfleet {__version__} listening on {where}", file=out)
     print(f"data dir: {settings.data_dir}", file=out)
     if admin.created:
@@ -92,8 +100,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from server.http.app import create_app
 
         app = create_app(services)
-        config = uvicorn.Config(app, host=settings.host, port=settings.port, loop="uvloop", http="httptools",
-                                log_level=settings.log_level, access_log=False, lifespan="on")
+        config = uvicorn.Config(
+            app,
+            host=settings.host,
+            port=settings.port,
+            loop="uvloop",
+            http="httptools",
+            log_level=settings.log_level,
+            access_log=False,
+            lifespan="on",
+        )
         server = uvicorn.Server(config)
         _announce(settings, admin, stdio=False)
         server.run()

@@ -80,7 +80,16 @@ class Unavailable(FleetError):
 ERROR_CODES: tuple[str, ...] = tuple(
     cls.code
     for cls in (
-        NotFound, InvalidInput, Conflict, PermissionDenied, BudgetExceeded, LockTimeout,
-        Deadlock, LeaseExpired, ApprovalRequired, RateLimited, Unavailable,
+        NotFound,
+        InvalidInput,
+        Conflict,
+        PermissionDenied,
+        BudgetExceeded,
+        LockTimeout,
+        Deadlock,
+        LeaseExpired,
+        ApprovalRequired,
+        RateLimited,
+        Unavailable,
     )
 )

@@ -34,13 +34,21 @@ class Metrics:
     def __init__(self, fleet: FleetService) -> None:
         self.registry = CollectorRegistry()
         self.http_requests = Counter(
-            "agentfleet_http_requests", "HTTP requests", ["method", "route", "status"], registry=self.registry)
+            "agentfleet_http_requests", "HTTP requests", ["method", "route", "status"], registry=self.registry
+        )
         self.http_latency = Histogram(
-            "agentfleet_http_request_seconds", "HTTP request latency", ["route"], registry=self.registry,
-            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
+            "agentfleet_http_request_seconds",
+            "HTTP request latency",
+            ["route"],
+            registry=self.registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+        )
         self.tool_calls = Counter(
-            "agentfleet_tool_calls", "MCP tool calls by tool and outcome (ok or an error code)",
-            ["tool", "outcome"], registry=self.registry)
+            "agentfleet_tool_calls",
+            "MCP tool calls by tool and outcome (ok or an error code)",
+            ["tool", "outcome"],
+            registry=self.registry,
+        )
         self.registry.register(_FleetCollector(fleet))
 
     def render(self) -> bytes:

@@ -73,8 +73,9 @@ def _fresh_pg_database() -> tuple[str, Callable[[], None]]:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
 
-    return str(make_url(normalize_url(PG_URL)).set(database=name)).replace("***", make_url(
-        normalize_url(PG_URL)).password or ""), drop
+    return str(make_url(normalize_url(PG_URL)).set(database=name)).replace(
+        "***", make_url(normalize_url(PG_URL)).password or ""
+    ), drop
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -88,8 +89,16 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         session.exitstatus = 3
 
 
-STORES = ["sqlite", pytest.param("postgresql", marks=pytest.mark.skipif(not PG_URL, reason=(
-    "set AGENTFLEET_TEST_DATABASE_URL=postgresql://… to run the PostgreSQL half of the suite")))]
+STORES = [
+    "sqlite",
+    pytest.param(
+        "postgresql",
+        marks=pytest.mark.skipif(
+            not PG_URL,
+            reason=("set AGENTFLEET_TEST_DATABASE_URL=postgresql://… to run the PostgreSQL half of the suite"),
+        ),
+    ),
+]
 
 
 @pytest.fixture(params=STORES)
@@ -107,8 +116,13 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
 
 @pytest.fixture
 def settings(tmp_path: Path, database_url: str) -> Settings:
-    return Settings(data_dir=tmp_path / "data", database_url=database_url, admin_token=ADMIN_TOKEN,
-                    port=8765, profiles_dir=TEST_PROFILES)
+    return Settings(
+        data_dir=tmp_path / "data",
+        database_url=database_url,
+        admin_token=ADMIN_TOKEN,
+        port=8765,
+        profiles_dir=TEST_PROFILES,
+    )
 
 
 @pytest.fixture

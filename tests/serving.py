@@ -62,8 +62,9 @@ def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-def server_environment(data_dir: Path, database_url: str | None, admin_token: str | None,
-                       extra: Mapping[str, str] | None = None) -> dict[str, str]:
+def server_environment(
+    data_dir: Path, database_url: str | None, admin_token: str | None, extra: Mapping[str, str] | None = None
+) -> dict[str, str]:
     """The parent's environment without any AGENTFLEET_* setting, plus this server's own."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTFLEET_")}
     env["AGENTFLEET_DATA_DIR"] = str(data_dir)
@@ -79,9 +80,16 @@ def server_environment(data_dir: Path, database_url: str | None, admin_token: st
 class FleetServer:
     """One `agentfleet serve` process. Use `start()`/`stop()`, or `with FleetServer(...) as s:`."""
 
-    def __init__(self, *, data_dir: Path, log_dir: Path, database_url: str | None = None,
-                 admin_token: str | None = ADMIN_TOKEN, name: str = "server",
-                 env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        data_dir: Path,
+        log_dir: Path,
+        database_url: str | None = None,
+        admin_token: str | None = ADMIN_TOKEN,
+        name: str = "server",
+        env: Mapping[str, str] | None = None,
+    ) -> None:
         self.data_dir = data_dir
         self.log_dir = log_dir
         self.database_url = database_url
@@ -124,8 +132,10 @@ class FleetServer:
 
     def output(self) -> str:
         code = None if self.process is None else self.process.poll()
-        return (f"--- {self.name} ({self.base_url}, exit code {code}) stdout ---\n{self.stdout()}"
-                f"--- {self.name} stderr ---\n{self.stderr()}")
+        return (
+            f"--- {self.name} ({self.base_url}, exit code {code}) stdout ---\n{self.stdout()}"
+            f"--- {self.name} stderr ---\n{self.stderr()}"
+        )
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -147,7 +157,11 @@ class FleetServer:
         with self.stdout_path.open("wb") as out, self.stderr_path.open("wb") as err:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "server.cli", "serve", "--port", str(self.port)],
-                cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                cwd=REPO_ROOT,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
             )
 
     def _wait_healthy(self, timeout: float) -> bool:
@@ -192,8 +206,9 @@ class FleetServer:
     def __enter__(self) -> FleetServer:
         return self.start()
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.stop()
 
     # -- clients --------------------------------------------------------------------------------
@@ -203,15 +218,16 @@ class FleetServer:
         """An MCP client over Streamable HTTP with `token` (default: admin) as its bearer token.
         mode="auto" speaks 2026-07-28, mode="legacy" the 2025-11-25 initialize handshake."""
         headers = bearer(token if token is not None else self.admin_token)
-        async with httpx2.AsyncClient(headers=headers, timeout=HTTP_TIMEOUT) as http:
-            async with Client(streamable_http_client(self.url("/mcp"), http_client=http), mode=mode) as client:
-                yield client
+        async with (
+            httpx2.AsyncClient(headers=headers, timeout=HTTP_TIMEOUT) as http,
+            Client(streamable_http_client(self.url("/mcp"), http_client=http), mode=mode) as client,
+        ):
+            yield client
 
     def http(self, token: str | None = None) -> httpx.AsyncClient:
         """A plain httpx client on this server (relative URLs work); with a bearer header when
         `token` is given. The A2A client accepts it as its httpx_client."""
-        return httpx.AsyncClient(base_url=self.base_url, headers=bearer(token) if token else None,
-                                 timeout=HTTP_TIMEOUT)
+        return httpx.AsyncClient(base_url=self.base_url, headers=bearer(token) if token else None, timeout=HTTP_TIMEOUT)
 
 
 ServeFactory = Callable[..., FleetServer]
@@ -228,11 +244,22 @@ class _Started:
         self._failures_before = request.session.testsfailed
         self.servers: list[FleetServer] = []
 
-    def start(self, database_url: str | None = None, *, data_dir: Path | None = None,
-              admin_token: str | None = ADMIN_TOKEN, env: Mapping[str, str] | None = None) -> FleetServer:
-        server = FleetServer(data_dir=data_dir or self._log_dir / "data", log_dir=self._log_dir / "logs",
-                             database_url=database_url, admin_token=admin_token,
-                             name=f"{self._prefix}-{next(self._counter)}", env=env)
+    def start(
+        self,
+        database_url: str | None = None,
+        *,
+        data_dir: Path | None = None,
+        admin_token: str | None = ADMIN_TOKEN,
+        env: Mapping[str, str] | None = None,
+    ) -> FleetServer:
+        server = FleetServer(
+            data_dir=data_dir or self._log_dir / "data",
+            log_dir=self._log_dir / "logs",
+            database_url=database_url,
+            admin_token=admin_token,
+            name=f"{self._prefix}-{next(self._counter)}",
+            env=env,
+        )
         self.servers.append(server)
         return server.start()
 
@@ -263,8 +290,9 @@ def serve(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ServeFacto
     """serve(database_url, *, data_dir=None, admin_token=ADMIN_TOKEN, env=None) -> a running server.
 
     database_url=None leaves AGENTFLEET_DATABASE_URL unset (SQLite in the data dir); admin_token=None
-    leaves AGENTFLEET_ADMIN_TOKEN unset (generated into DATA_DIR/admin.token). Every call starts a new process (logs in tmp_path/logs/serve-N.*); the same data_dir and
-    database_url make it a restart on the same store. All are stopped at teardown."""
+    leaves AGENTFLEET_ADMIN_TOKEN unset (generated into DATA_DIR/admin.token). Every call starts a
+    new process (logs in tmp_path/logs/serve-N.*); the same data_dir and database_url make it a
+    restart on the same store. All are stopped at teardown."""
     started = _Started(request, tmp_path)
     yield started.start
     started.close()
@@ -283,8 +311,9 @@ def shared_database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest
 
 
 @pytest.fixture(scope="session")
-def shared_fleet(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
-                 shared_database_url: str) -> Iterator[FleetServer]:
+def shared_fleet(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, shared_database_url: str
+) -> Iterator[FleetServer]:
     """One server per test session and store kind, for tests that do not need an empty store (a
     start costs ~2 s, nearly all of it imports). Tests sharing it must not assume absolute counts
     or an empty fleet."""

@@ -25,8 +25,11 @@ def assert_each_task_done_exactly_once(services, expected: int, claims: list[tup
     with services.db.engine.connect() as conn:
         statuses = dict(conn.execute(select(tasks.c.status, func.count()).group_by(tasks.c.status)).all())
         assert statuses == {"completed": expected}
-        per_task = conn.execute(select(task_attempts.c.task_id, func.count(), func.min(task_attempts.c.outcome))
-                                .group_by(task_attempts.c.task_id)).all()
+        per_task = conn.execute(
+            select(task_attempts.c.task_id, func.count(), func.min(task_attempts.c.outcome)).group_by(
+                task_attempts.c.task_id
+            )
+        ).all()
         holders = dict(conn.execute(select(tasks.c.id, tasks.c.agent_id)).all())
     assert len(per_task) == expected
     assert all(count == 1 and outcome == "completed" for _, count, outcome in per_task)
@@ -67,9 +70,15 @@ async def test_os_process_claimers_share_the_queue_without_double_claims(connect
             await call(admin, "task_submit", type="unit", payload={"i": i})
     by_tail = {a["token"][-6:]: a["agent"]["id"] for a in spawned}
     groups = [spawned[i::processes_n] for i in range(processes_n)]
-    procs = [subprocess.Popen([sys.executable, "-m", "tests.workers.service_claimer", database_url,
-                               *[a["token"] for a in group]], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True) for group in groups]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "tests.workers.service_claimer", database_url, *[a["token"] for a in group]],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for group in groups
+    ]
     claims: list[tuple[str, str]] = []
     for proc in procs:
         out, err = proc.communicate(timeout=240)

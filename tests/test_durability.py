@@ -29,15 +29,20 @@ def _by_id(items: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return {item["id"]: item for item in items}
 
 
-def _differences(found: dict[str, Any], acknowledged: dict[str, Any],
-                 ignore: set[str] | frozenset[str] = frozenset()) -> dict[str, tuple[Any, Any]]:
+def _differences(
+    found: dict[str, Any], acknowledged: dict[str, Any], ignore: set[str] | frozenset[str] = frozenset()
+) -> dict[str, tuple[Any, Any]]:
     """{field: (after restart, as acknowledged)} for every field that differs."""
-    return {k: (found.get(k), acknowledged.get(k)) for k in (found.keys() | acknowledged.keys()) - ignore
-            if found.get(k) != acknowledged.get(k)}
+    return {
+        k: (found.get(k), acknowledged.get(k))
+        for k in (found.keys() | acknowledged.keys()) - ignore
+        if found.get(k) != acknowledged.get(k)
+    }
 
 
-async def _acknowledge_work(server: FleetServer) -> tuple[dict[str, dict[str, Any]], dict[str, str],
-                                                           dict[str, dict[str, Any]], set[str]]:
+async def _acknowledge_work(
+    server: FleetServer,
+) -> tuple[dict[str, dict[str, Any]], dict[str, str], dict[str, dict[str, Any]], set[str]]:
     """Spawn agents, heartbeat some, terminate one, submit and cancel tasks, the last of them a
     concurrent burst. Returns (agents as last acknowledged, tokens, tasks as last acknowledged,
     ids of terminated agents)."""
@@ -46,8 +51,9 @@ async def _acknowledge_work(server: FleetServer) -> tuple[dict[str, dict[str, An
     tasks: dict[str, dict[str, Any]] = {}
     async with server.mcp() as admin:
         for i, profile in enumerate(PROFILES):
-            spawned = await call(admin, "agent_spawn", profile=profile, name=f"durable-{i}",
-                                 labels={"batch": "durability", "n": str(i)})
+            spawned = await call(
+                admin, "agent_spawn", profile=profile, name=f"durable-{i}", labels={"batch": "durability", "n": str(i)}
+            )
             agents[spawned["agent"]["id"]] = spawned["agent"]
             tokens[spawned["agent"]["id"]] = spawned["token"]
         ids = list(agents)
@@ -57,10 +63,16 @@ async def _acknowledge_work(server: FleetServer) -> tuple[dict[str, dict[str, An
         terminated = set((await call(admin, "agent_terminate", agent_id=ids[2]))["terminated"])
 
         for i in range(8):
-            task = await call(admin, "task_submit", type=f"job.{i % 3}", priority=PRIORITIES[i % 4],
-                              payload={"n": i, "nested": {"list": [1, 2.5, "três"], "flag": i % 2 == 0}},
-                              capabilities=["code"] if i % 2 else [], max_attempts=1 + i % 5,
-                              idempotency_key=f"durable-{i}" if i < 3 else None)
+            task = await call(
+                admin,
+                "task_submit",
+                type=f"job.{i % 3}",
+                priority=PRIORITIES[i % 4],
+                payload={"n": i, "nested": {"list": [1, 2.5, "três"], "flag": i % 2 == 0}},
+                capabilities=["code"] if i % 2 else [],
+                max_attempts=1 + i % 5,
+                idempotency_key=f"durable-{i}" if i < 3 else None,
+            )
             tasks[task["id"]] = task
         for task_id in list(tasks)[:2]:
             tasks[task_id] = await call(admin, "task_cancel", task_id=task_id, reason="durability check")
@@ -78,9 +90,9 @@ async def _acknowledge_work(server: FleetServer) -> tuple[dict[str, dict[str, An
     return agents, tokens, tasks, terminated
 
 
-async def test_sigkill_then_restart_keeps_every_acknowledged_agent_and_task(serve: ServeFactory,
-                                                                            database_url: str,
-                                                                            tmp_path: Path) -> None:
+async def test_sigkill_then_restart_keeps_every_acknowledged_agent_and_task(
+    serve: ServeFactory, database_url: str, tmp_path: Path
+) -> None:
     data_dir = tmp_path / "data"
     first = serve(database_url, data_dir=data_dir)
     agents, tokens, tasks, terminated = await _acknowledge_work(first)
@@ -94,8 +106,11 @@ async def test_sigkill_then_restart_keeps_every_acknowledged_agent_and_task(serv
             if agent_id in terminated:
                 assert listed_agents[agent_id]["status"] == "terminated"
                 assert listed_agents[agent_id]["terminated_at"] is not None
-                acknowledged = {**acknowledged, "status": "terminated",
-                                "terminated_at": listed_agents[agent_id]["terminated_at"]}
+                acknowledged = {
+                    **acknowledged,
+                    "status": "terminated",
+                    "terminated_at": listed_agents[agent_id]["terminated_at"],
+                }
             assert _differences(listed_agents[agent_id], acknowledged, DETAIL_ONLY) == {}, agent_id
             shown = await call(admin, "agent_get", agent_id=agent_id)
             assert _differences(shown, acknowledged, DETAIL_ONLY) == {}, agent_id
@@ -110,9 +125,16 @@ async def test_sigkill_then_restart_keeps_every_acknowledged_agent_and_task(serv
 
         # The idempotency record survived too: resubmitting returns the same task, not a second one.
         first_key = next(t for t in tasks.values() if t["idempotency_key"] == "durable-2")
-        again = await call(admin, "task_submit", type=first_key["type"], priority=first_key["priority"],
-                           payload=first_key["payload"], capabilities=first_key["capabilities"],
-                           max_attempts=first_key["max_attempts"], idempotency_key="durable-2")
+        again = await call(
+            admin,
+            "task_submit",
+            type=first_key["type"],
+            priority=first_key["priority"],
+            payload=first_key["payload"],
+            capabilities=first_key["capabilities"],
+            max_attempts=first_key["max_attempts"],
+            idempotency_key="durable-2",
+        )
         assert again["id"] == first_key["id"]
 
     # Tokens issued before the crash still authenticate; a revoked one stays revoked.

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from mcp.server.auth.provider import AccessToken, TokenVerifier
 from mcp.server.auth.settings import AuthSettings
-import hashlib
-
 from mcp.server.mcpserver import MCPServer, RequestStateSecurity
 
 from server import __version__
@@ -46,8 +45,9 @@ def _shared_state_key(services: Services) -> RequestStateSecurity:
     return RequestStateSecurity(keys=[key])
 
 
-def build_mcp(services: Services, metrics: Metrics, *, default_token: str | None = None,
-              http: bool = False) -> MCPServer[AppState]:
+def build_mcp(
+    services: Services, metrics: Metrics, *, default_token: str | None = None, http: bool = False
+) -> MCPServer[AppState]:
     """http=True installs bearer auth (every request needs a token); otherwise calls act as
     `default_token`'s principal, or admin when it is None (stdio, in-process)."""
 
@@ -60,11 +60,22 @@ def build_mcp(services: Services, metrics: Metrics, *, default_token: str | None
         base = services.settings.base_url
         auth_kwargs = dict(
             token_verifier=FleetTokenVerifier(services.auth),
-            auth=AuthSettings(issuer_url=base, resource_server_url=f"{base}/mcp",
-                              validate_token_resource=False, required_scopes=[SCOPE]),
+            auth=AuthSettings(
+                issuer_url=base,
+                resource_server_url=f"{base}/mcp",
+                validate_token_resource=False,
+                required_scopes=[SCOPE],
+            ),
         )
-    mcp = FleetMCPServer("agentfleet", version=__version__, instructions=INSTRUCTIONS, lifespan=lifespan,
-                         metrics=metrics, request_state_security=_shared_state_key(services), **auth_kwargs)
+    mcp = FleetMCPServer(
+        "agentfleet",
+        version=__version__,
+        instructions=INSTRUCTIONS,
+        lifespan=lifespan,
+        metrics=metrics,
+        request_state_security=_shared_state_key(services),
+        **auth_kwargs,
+    )
     for area in (fleet, agents, tasks, resources):
         area.register(mcp)
     return mcp

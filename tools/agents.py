@@ -12,19 +12,34 @@ from server.domain.views import AgentList, AgentView, SpawnedAgent, TerminatedAg
 from tools.annotations import DESTRUCTIVE, READ_ONLY, WRITES
 from tools.context import FleetContext, caller, services_of
 
-AgentId = Annotated[str, Field(min_length=5, max_length=40, pattern=r"^agt_[0-9A-Z]+$", description="an agent id, agt_…")]
+AgentId = Annotated[
+    str, Field(min_length=5, max_length=40, pattern=r"^agt_[0-9A-Z]+$", description="an agent id, agt_…")
+]
 
 
 def register(mcp: MCPServer) -> None:
     @mcp.tool(annotations=WRITES)
     async def agent_spawn(
         ctx: FleetContext,
-        profile: Annotated[str, Field(min_length=1, max_length=120,
-                                      description="profile name, optionally with @version (e.g. 'developer' or 'developer@1.0.0')")],
+        profile: Annotated[
+            str,
+            Field(
+                min_length=1,
+                max_length=120,
+                description="profile name, optionally with @version (e.g. 'developer' or 'developer@1.0.0')",
+            ),
+        ],
         name: Annotated[str | None, Field(description="a readable name; generated when omitted")] = None,
-        capabilities: Annotated[list[str], Field(max_length=64, description="capabilities to add to the profile's")] = [],  # noqa: B006
-        parent_id: Annotated[str | None, Field(description="make the new agent a child of this agent (admin only; "
-                                                            "an agent's own spawns are always its children)")] = None,
+        capabilities: Annotated[
+            list[str], Field(max_length=64, description="capabilities to add to the profile's")
+        ] = [],  # noqa: B006
+        parent_id: Annotated[
+            str | None,
+            Field(
+                description="make the new agent a child of this agent (admin only; "
+                "an agent's own spawns are always its children)"
+            ),
+        ] = None,
         labels: Annotated[dict[str, str], Field(description="free-form key/value labels")] = {},  # noqa: B006
     ) -> SpawnedAgent:
         """Register a new agent from a profile and get its bearer token. The token is returned only
@@ -57,8 +72,13 @@ def register(mcp: MCPServer) -> None:
     async def agent_terminate(
         ctx: FleetContext,
         agent_id: AgentId,
-        cascade: Annotated[bool, Field(description="also terminate every live descendant (default true); "
-                                                   "false refuses when live children exist")] = True,
+        cascade: Annotated[
+            bool,
+            Field(
+                description="also terminate every live descendant (default true); "
+                "false refuses when live children exist"
+            ),
+        ] = True,
     ) -> TerminatedAgents:
         """Terminate an agent: its token stops working at once and tasks it was running go back to
         the queue. By default its descendants are terminated too."""

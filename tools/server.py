@@ -43,7 +43,8 @@ def _reject_unknown_arguments(tool: str, schema: dict[str, Any], arguments: dict
     unknown = sorted(set(arguments) - known)
     if unknown:
         raise ToolError(f"unknown arguments {unknown}") from InvalidInput(
-            f"{tool} has no argument(s) {', '.join(unknown)}; it takes: {', '.join(sorted(known)) or 'nothing'}")
+            f"{tool} has no argument(s) {', '.join(unknown)}; it takes: {', '.join(sorted(known)) or 'nothing'}"
+        )
 
 
 class FleetMCPServer(MCPServer[Any]):
@@ -51,8 +52,9 @@ class FleetMCPServer(MCPServer[Any]):
         super().__init__(*args, **kwargs)
         self._metrics = metrics
 
-    async def call_tool(self, name: str, arguments: dict[str, Any],
-                        context: Context[Any, Any] | None = None) -> CallToolResult | InputRequiredResult:
+    async def call_tool(
+        self, name: str, arguments: dict[str, Any], context: Context[Any, Any] | None = None
+    ) -> CallToolResult | InputRequiredResult:
         # Callers choose tool names; count unknown ones under one label so metrics stay bounded.
         schema = self._tool_input_schema(name)
         label = name if schema is not None else "_unknown"

@@ -23,21 +23,42 @@ def register(mcp: MCPServer) -> None:
     @mcp.tool(annotations=WRITES)
     async def task_submit(
         ctx: FleetContext,
-        type: Annotated[str, Field(pattern=TASK_TYPE_PATTERN, description="what kind of work, e.g. 'review' or 'build'")],
+        type: Annotated[
+            str, Field(pattern=TASK_TYPE_PATTERN, description="what kind of work, e.g. 'review' or 'build'")
+        ],
         payload: Annotated[Any, Field(description="the task's input, any JSON (size-bounded)")] = None,
-        capabilities: Annotated[list[str], Field(max_length=64, description="capabilities an agent must have to take it")] = [],  # noqa: B006
+        capabilities: Annotated[
+            list[str], Field(max_length=64, description="capabilities an agent must have to take it")
+        ] = [],  # noqa: B006
         priority: Annotated[Priority, Field(description="critical > high > normal > low")] = Priority.NORMAL,
         pinned_agent_id: Annotated[str | None, Field(description="only this agent may take the task")] = None,
         max_attempts: Annotated[int, Field(ge=1, le=100, description="attempts before the task is dead")] = 3,
-        idempotency_key: Annotated[str | None, Field(min_length=1, max_length=200,
-                                                     description="resubmitting the same key and spec returns the same "
-                                                                 "task; the same key with another spec is a conflict")] = None,
-        not_before: Annotated[datetime | None, Field(description="ISO 8601 UTC time before which no agent may claim it")] = None,
-        lease_s: Annotated[int, Field(ge=5, le=3600, description="lease length in seconds; task_heartbeat renews it")] = 60,
-        backoff_base_s: Annotated[float, Field(ge=0.01, le=3600, description="retry delay base (exponential, full jitter)")] = 1.0,
+        idempotency_key: Annotated[
+            str | None,
+            Field(
+                min_length=1,
+                max_length=200,
+                description="resubmitting the same key and spec returns the same "
+                "task; the same key with another spec is a conflict",
+            ),
+        ] = None,
+        not_before: Annotated[
+            datetime | None, Field(description="ISO 8601 UTC time before which no agent may claim it")
+        ] = None,
+        lease_s: Annotated[
+            int, Field(ge=5, le=3600, description="lease length in seconds; task_heartbeat renews it")
+        ] = 60,
+        backoff_base_s: Annotated[
+            float, Field(ge=0.01, le=3600, description="retry delay base (exponential, full jitter)")
+        ] = 1.0,
         backoff_cap_s: Annotated[float, Field(ge=0.01, le=86400, description="largest retry delay")] = 300.0,
-        allow_unroutable: Annotated[bool, Field(description="queue it even if no live agent or profile has its "
-                                                            "capabilities (shown as unroutable in fleet_status)")] = False,
+        allow_unroutable: Annotated[
+            bool,
+            Field(
+                description="queue it even if no live agent or profile has its "
+                "capabilities (shown as unroutable in fleet_status)"
+            ),
+        ] = False,
     ) -> TaskView:
         """Queue a unit of work for the fleet. An agent whose capabilities include all of the task's
         claims it (task_claim), highest priority first, FIFO within a priority. A task no live agent
@@ -46,10 +67,20 @@ def register(mcp: MCPServer) -> None:
         agentfleet://tasks/{id}) for its result."""
         principal = await caller(ctx)
         try:
-            spec = TaskSpec(type=type, payload=payload, capabilities=tuple(capabilities), priority=priority,
-                            pinned_agent_id=pinned_agent_id, max_attempts=max_attempts, idempotency_key=idempotency_key,
-                            not_before=not_before, lease_s=lease_s, backoff_base_s=backoff_base_s,
-                            backoff_cap_s=backoff_cap_s, allow_unroutable=allow_unroutable)
+            spec = TaskSpec(
+                type=type,
+                payload=payload,
+                capabilities=tuple(capabilities),
+                priority=priority,
+                pinned_agent_id=pinned_agent_id,
+                max_attempts=max_attempts,
+                idempotency_key=idempotency_key,
+                not_before=not_before,
+                lease_s=lease_s,
+                backoff_base_s=backoff_base_s,
+                backoff_cap_s=backoff_cap_s,
+                allow_unroutable=allow_unroutable,
+            )
         except ValidationError as exc:
             raise InvalidInput(f"task spec: {exc.errors()[0]['msg']}") from exc
         return await services_of(ctx).tasks.submit(principal, spec)
@@ -89,8 +120,12 @@ def register(mcp: MCPServer) -> None:
     @mcp.tool(annotations=WRITES)
     async def task_claim(
         ctx: FleetContext,
-        wait_s: Annotated[float, Field(ge=0, le=60, description="long-poll: wait up to this long for a task (0: answer at once)")] = 0,
-        lease_s: Annotated[int | None, Field(ge=5, le=3600, description="lease length for this claim; default the task's")] = None,
+        wait_s: Annotated[
+            float, Field(ge=0, le=60, description="long-poll: wait up to this long for a task (0: answer at once)")
+        ] = 0,
+        lease_s: Annotated[
+            int | None, Field(ge=5, le=3600, description="lease length for this claim; default the task's")
+        ] = None,
     ) -> ClaimResult:
         """Take the next task this agent can run (agent token only): the highest-priority queued task
         whose capabilities the agent has, FIFO within a priority, leased to the agent until
@@ -118,8 +153,10 @@ def register(mcp: MCPServer) -> None:
         ctx: FleetContext,
         task_id: TaskId,
         result: Annotated[Any, Field(description="the task's output, any JSON")] = None,
-        usage: Annotated[dict[str, Any] | None, Field(description="what the work consumed, e.g. {model, input_tokens, "
-                                                                    "output_tokens}")] = None,
+        usage: Annotated[
+            dict[str, Any] | None,
+            Field(description="what the work consumed, e.g. {model, input_tokens, output_tokens}"),
+        ] = None,
     ) -> TaskView:
         """Finish a task you hold with its result. Only the lease holder may; a lapsed lease answers
         lease_expired (the task is being retried elsewhere)."""
@@ -131,8 +168,10 @@ def register(mcp: MCPServer) -> None:
         ctx: FleetContext,
         task_id: TaskId,
         error: Annotated[str, Field(min_length=1, max_length=10_000, description="what went wrong")],
-        retryable: Annotated[bool, Field(description="true: retry with backoff while attempts remain (then dead); "
-                                                     "false: the task fails now")] = True,
+        retryable: Annotated[
+            bool,
+            Field(description="true: retry with backoff while attempts remain (then dead); false: the task fails now"),
+        ] = True,
     ) -> TaskView:
         """Give up on a task you hold. Retryable failures go back to the queue after a backoff delay
         until max_attempts is used up (then the task is dead); others fail at once."""

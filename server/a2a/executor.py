@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import logging
 
+from a2a.helpers import new_text_part
 from a2a.server.agent_execution import AgentExecutor, RequestContext
 from a2a.server.context import ServerCallContext
 from a2a.server.events import EventQueue
 from a2a.server.id_generator import IDGenerator, IDGeneratorContext
 from a2a.server.tasks import TaskUpdater
 from a2a.types import Task, TaskState, TaskStatus
-from a2a.helpers import new_text_part
 
 from server.a2a.mapping import mirror, spec_from_message
 from server.domain.principal import Principal

@@ -44,8 +44,9 @@ def spec_from_message(message: Message) -> TaskSpec:
     if data:
         body = data[0]
         if not isinstance(body, dict):
-            raise InvalidInput("the data part must be an object holding a task spec, e.g. "
-                               '{"type": "review", "payload": {...}}')
+            raise InvalidInput(
+                'the data part must be an object holding a task spec, e.g. {"type": "review", "payload": {...}}'
+            )
         unknown = set(body) - SPEC_FIELDS
         if unknown:
             raise InvalidInput(f"unknown task spec fields {sorted(unknown)}; allowed: {sorted(SPEC_FIELDS)}")
@@ -73,8 +74,9 @@ def mirror(task: Task, view: TaskView) -> Task:
     task.status.state = STATE_OF[view.status]
     task.status.timestamp.FromJsonString(view.updated_at)
     if view.status in (TaskStatus.FAILED, TaskStatus.DEAD, TaskStatus.CANCELLED) and view.error:
-        task.status.message.CopyFrom(Message(message_id=f"{view.id}-status", role=Role.ROLE_AGENT,
-                                             parts=[new_text_part(view.error)]))
+        task.status.message.CopyFrom(
+            Message(message_id=f"{view.id}-status", role=Role.ROLE_AGENT, parts=[new_text_part(view.error)])
+        )
     if view.status == TaskStatus.COMPLETED and not task.artifacts:
         task.artifacts.append(result_artifact(view))
     task.metadata.update({"orchestrator_status": view.status, "attempts": view.attempts})

@@ -32,7 +32,9 @@ def a2a_routes(services: Services) -> tuple[list[BaseRoute], list[BaseRoute], De
     card = build_card(services.settings.base_url)
     store = OrchestratorTaskStore(services)
     handler = DefaultRequestHandler(
-        agent_executor=OrchestratorExecutor(services), task_store=store, agent_card=card,
+        agent_executor=OrchestratorExecutor(services),
+        task_store=store,
+        agent_card=card,
         request_context_builder=SimpleRequestContextBuilder(task_store=store, task_id_generator=TaskIdGenerator()),
     )
     rpc = create_jsonrpc_routes(handler, rpc_url="/a2a", context_builder=PrincipalContextBuilder())

@@ -21,8 +21,7 @@ class OrchestratorTaskStore(TaskStore):
         self._services = services
 
     async def save(self, task: Task, context: ServerCallContext) -> None:
-        await self._services.a2a_records.save(principal_of(context), task.id, task.context_id,
-                                              task.SerializeToString())
+        await self._services.a2a_records.save(principal_of(context), task.id, task.context_id, task.SerializeToString())
 
     async def get(self, task_id: str, context: ServerCallContext) -> Task | None:
         principal = principal_of(context)
@@ -41,8 +40,9 @@ class OrchestratorTaskStore(TaskStore):
 
     async def list(self, params: ListTasksRequest, context: ServerCallContext) -> ListTasksResponse:
         size = min(params.page_size or DEFAULT_PAGE, MAX_PAGE)
-        records = await self._services.a2a_records.list(principal_of(context), params.context_id or None,
-                                                        size + 1, params.page_token or None)
+        records = await self._services.a2a_records.list(
+            principal_of(context), params.context_id or None, size + 1, params.page_token or None
+        )
         tasks = [await self._mirrored(r.body, r.id, context) for r in records[:size]]
         if params.status:
             tasks = [t for t in tasks if t.status.state == params.status]

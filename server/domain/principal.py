@@ -9,13 +9,13 @@ from enum import StrEnum
 class Role(StrEnum):
     ADMIN = "admin"
     AGENT = "agent"
-    SYSTEM = "system"   # the server's own loops (reaper, supervisor); never a token
+    SYSTEM = "system"  # the server's own loops (reaper, supervisor); never a token
 
 
 @dataclass(frozen=True, slots=True)
 class Principal:
     role: Role
-    id: str                      # "admin" or the agent id
+    id: str  # "admin" or the agent id
 
     @property
     def is_admin(self) -> bool:

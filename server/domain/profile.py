@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class Runtime(StrEnum):
-    EXTERNAL = "external"   # the caller runs the agent; it connects with its token
+    EXTERNAL = "external"  # the caller runs the agent; it connects with its token
 
 
 class ProfileLimits(BaseModel):

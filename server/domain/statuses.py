@@ -6,12 +6,12 @@ from enum import StrEnum
 
 
 class AgentStatus(StrEnum):
-    STARTING = "starting"        # spawned; has not called in yet
-    ACTIVE = "active"            # has called in and is within its heartbeat timeout
+    STARTING = "starting"  # spawned; has not called in yet
+    ACTIVE = "active"  # has called in and is within its heartbeat timeout
     UNRESPONSIVE = "unresponsive"  # silent past its heartbeat timeout
-    STOPPING = "stopping"        # terminate requested; draining
-    TERMINATED = "terminated"    # gone; token revoked
-    FAILED = "failed"            # gave up restarting
+    STOPPING = "stopping"  # terminate requested; draining
+    TERMINATED = "terminated"  # gone; token revoked
+    FAILED = "failed"  # gave up restarting
 
 
 class TaskStatus(StrEnum):
@@ -21,16 +21,19 @@ class TaskStatus(StrEnum):
     COMPLETED = "completed"
     FAILED = "failed"
     CANCELLED = "cancelled"
-    DEAD = "dead"                # ran out of attempts
+    DEAD = "dead"  # ran out of attempts
 
 
 AGENT_TRANSITIONS: dict[AgentStatus, frozenset[AgentStatus]] = {
-    AgentStatus.STARTING: frozenset({AgentStatus.ACTIVE, AgentStatus.UNRESPONSIVE, AgentStatus.STOPPING,
-                                     AgentStatus.TERMINATED, AgentStatus.FAILED}),
-    AgentStatus.ACTIVE: frozenset({AgentStatus.UNRESPONSIVE, AgentStatus.STOPPING, AgentStatus.TERMINATED,
-                                   AgentStatus.FAILED}),
-    AgentStatus.UNRESPONSIVE: frozenset({AgentStatus.ACTIVE, AgentStatus.STOPPING, AgentStatus.TERMINATED,
-                                         AgentStatus.FAILED}),
+    AgentStatus.STARTING: frozenset(
+        {AgentStatus.ACTIVE, AgentStatus.UNRESPONSIVE, AgentStatus.STOPPING, AgentStatus.TERMINATED, AgentStatus.FAILED}
+    ),
+    AgentStatus.ACTIVE: frozenset(
+        {AgentStatus.UNRESPONSIVE, AgentStatus.STOPPING, AgentStatus.TERMINATED, AgentStatus.FAILED}
+    ),
+    AgentStatus.UNRESPONSIVE: frozenset(
+        {AgentStatus.ACTIVE, AgentStatus.STOPPING, AgentStatus.TERMINATED, AgentStatus.FAILED}
+    ),
     AgentStatus.STOPPING: frozenset({AgentStatus.TERMINATED}),
     AgentStatus.TERMINATED: frozenset(),
     AgentStatus.FAILED: frozenset({AgentStatus.TERMINATED}),
@@ -39,16 +42,18 @@ AGENT_TRANSITIONS: dict[AgentStatus, frozenset[AgentStatus]] = {
 TASK_TRANSITIONS: dict[TaskStatus, frozenset[TaskStatus]] = {
     TaskStatus.PENDING_APPROVAL: frozenset({TaskStatus.QUEUED, TaskStatus.CANCELLED}),
     TaskStatus.QUEUED: frozenset({TaskStatus.RUNNING, TaskStatus.CANCELLED}),
-    TaskStatus.RUNNING: frozenset({TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.QUEUED,
-                                   TaskStatus.DEAD, TaskStatus.CANCELLED}),
+    TaskStatus.RUNNING: frozenset(
+        {TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.QUEUED, TaskStatus.DEAD, TaskStatus.CANCELLED}
+    ),
     TaskStatus.COMPLETED: frozenset(),
     TaskStatus.FAILED: frozenset(),
     TaskStatus.CANCELLED: frozenset(),
     TaskStatus.DEAD: frozenset(),
 }
 
-LIVE_AGENT_STATUSES = frozenset({AgentStatus.STARTING, AgentStatus.ACTIVE, AgentStatus.UNRESPONSIVE,
-                                 AgentStatus.STOPPING})
+LIVE_AGENT_STATUSES = frozenset(
+    {AgentStatus.STARTING, AgentStatus.ACTIVE, AgentStatus.UNRESPONSIVE, AgentStatus.STOPPING}
+)
 TERMINAL_TASK_STATUSES = frozenset(s for s, nxt in TASK_TRANSITIONS.items() if not nxt)
 
 

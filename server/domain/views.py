@@ -73,7 +73,8 @@ class TaskView(BaseModel):
     usage: Any
     unroutable: bool = Field(description="queued although no live agent or profile had its capabilities")
     attempt_history: list[AttemptView] | None = Field(
-        None, description="every attempt: filled by task_get (and the task resource), null elsewhere")
+        None, description="every attempt: filled by task_get (and the task resource), null elsewhere"
+    )
 
 
 class ClaimResult(BaseModel):

@@ -58,8 +58,9 @@ def _healthz(_request: Request) -> Response:
     return JSONResponse({"status": "ok"})
 
 
-def create_app(services: Services, metrics: Metrics | None = None,
-               configure_mcp: Callable[[MCPServer[Any]], None] | None = None) -> Starlette:
+def create_app(
+    services: Services, metrics: Metrics | None = None, configure_mcp: Callable[[MCPServer[Any]], None] | None = None
+) -> Starlette:
     """`configure_mcp` may add tools before the MCP app is built (the bench adds an empty one)."""
     metrics = metrics or Metrics(services.fleet)
     mcp = build_mcp(services, metrics, http=True)
@@ -75,8 +76,10 @@ def create_app(services: Services, metrics: Metrics | None = None,
             return reachable, reachable and migrate.is_current(services.db.engine)
 
         reachable, current = await anyio.to_thread.run_sync(check)
-        body = {"store": "ok" if reachable else "unreachable",
-                "migrations": "current" if current else "behind" if reachable else "unknown"}
+        body = {
+            "store": "ok" if reachable else "unreachable",
+            "migrations": "current" if current else "behind" if reachable else "unknown",
+        }
         return JSONResponse(body, status_code=200 if current else 503)
 
     async def metrics_endpoint(_request: Request) -> Response:
@@ -88,7 +91,10 @@ def create_app(services: Services, metrics: Metrics | None = None,
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
-        async with mcp.session_manager.run(), background_loops(services):  # Starlette never runs a mounted app's lifespan
+        async with (
+            mcp.session_manager.run(),
+            background_loops(services),
+        ):  # Starlette never runs a mounted app's lifespan
             yield
         await a2a_handler.aclose()
 

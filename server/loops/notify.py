@@ -44,5 +44,6 @@ def _deliver(services: Services, payload: str) -> None:
         return
     if body.get("o") == services.signals.origin:
         return  # our own commit: already announced in-process
-    services.signals.task_ready(frozenset(body.get("c") or ()), body.get("p"), int(body.get("r") or 0),
-                                services.clock.now_us())
+    services.signals.task_ready(
+        frozenset(body.get("c") or ()), body.get("p"), int(body.get("r") or 0), services.clock.now_us()
+    )

@@ -34,8 +34,11 @@ class A2ARecordService:
         now = self._clock.now_us()
         owner = conn.execute(select(a2a_tasks.c.owner).where(a2a_tasks.c.id == task_id)).scalar()
         if owner is None:
-            conn.execute(a2a_tasks.insert().values(id=task_id, owner=principal.id, context_id=context_id,
-                                                   body=body, created_at=now, updated_at=now))
+            conn.execute(
+                a2a_tasks.insert().values(
+                    id=task_id, owner=principal.id, context_id=context_id, body=body, created_at=now, updated_at=now
+                )
+            )
         elif owner == principal.id or principal.is_admin:
             conn.execute(update(a2a_tasks).where(a2a_tasks.c.id == task_id).values(body=body, updated_at=now))
 
@@ -49,13 +52,15 @@ class A2ARecordService:
             return None
         return A2ARecord(row.id, row.owner, row.context_id, row.body)
 
-    async def list(self, principal: Principal, context_id: str | None, limit: int,
-                   before: str | None) -> list[A2ARecord]:
+    async def list(
+        self, principal: Principal, context_id: str | None, limit: int, before: str | None
+    ) -> list[A2ARecord]:
         return await self._db.read(self._list_tx, principal, context_id, limit, before)
 
     @staticmethod
-    def _list_tx(conn: Connection, principal: Principal, context_id: str | None, limit: int,
-                 before: str | None) -> list[A2ARecord]:
+    def _list_tx(
+        conn: Connection, principal: Principal, context_id: str | None, limit: int, before: str | None
+    ) -> list[A2ARecord]:
         query = select(a2a_tasks).order_by(a2a_tasks.c.id.desc()).limit(limit)
         if not principal.is_admin:
             query = query.where(a2a_tasks.c.owner == principal.id)

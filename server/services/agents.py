@@ -28,10 +28,19 @@ _LIVE = [s.value for s in LIVE_AGENT_STATUSES]
 
 def agent_view(row: Row[Any], children: list[str] | None = None) -> AgentView:
     return AgentView(
-        id=row.id, name=row.name, profile=f"{row.profile}@{row.profile_version}", runtime=row.runtime,
-        capabilities=list(row.capabilities), parent_id=row.parent_id, depth=row.depth, status=row.status,
-        created_at=to_iso(row.created_at), last_heartbeat_at=to_iso(row.last_heartbeat_at),
-        terminated_at=to_iso(row.terminated_at), labels=dict(row.labels), children=children,
+        id=row.id,
+        name=row.name,
+        profile=f"{row.profile}@{row.profile_version}",
+        runtime=row.runtime,
+        capabilities=list(row.capabilities),
+        parent_id=row.parent_id,
+        depth=row.depth,
+        status=row.status,
+        created_at=to_iso(row.created_at),
+        last_heartbeat_at=to_iso(row.last_heartbeat_at),
+        terminated_at=to_iso(row.terminated_at),
+        labels=dict(row.labels),
+        children=children,
     )
 
 
@@ -67,9 +76,15 @@ class AgentService:
         self._leases = leases
 
     # -- spawn ---------------------------------------------------------------------------------
-    async def spawn(self, principal: Principal, profile: str, name: str | None = None,
-                    capabilities: Sequence[str] = (), parent_id: str | None = None,
-                    labels: dict[str, str] | None = None) -> SpawnedAgent:
+    async def spawn(
+        self,
+        principal: Principal,
+        profile: str,
+        name: str | None = None,
+        capabilities: Sequence[str] = (),
+        parent_id: str | None = None,
+        labels: dict[str, str] | None = None,
+    ) -> SpawnedAgent:
         chosen = self._profiles.resolve(profile)
         extra = validate_capabilities(capabilities)
         labels = dict(labels or {})
@@ -82,27 +97,61 @@ class AgentService:
                 raise PermissionDenied("an agent may spawn children only under itself; omit parent_id")
             parent_id = principal.agent_id
         token = new_agent_token()
-        row = await self._db.write(self._spawn_tx, principal, chosen.name, chosen.version, chosen.runtime.value,
-                                   sorted({*chosen.capabilities, *extra}), name, parent_id, labels, token,
-                                   chosen.max_concurrency)
+        row = await self._db.write(
+            self._spawn_tx,
+            principal,
+            chosen.name,
+            chosen.version,
+            chosen.runtime.value,
+            sorted({*chosen.capabilities, *extra}),
+            name,
+            parent_id,
+            labels,
+            token,
+            chosen.max_concurrency,
+        )
         return SpawnedAgent(agent=agent_view(row), token=token)
 
-    def _spawn_tx(self, conn: Connection, principal: Principal, profile: str, version: str, runtime: str,
-                  capabilities: list[str], name: str | None, parent_id: str | None,
-                  labels: dict[str, str], token: str, max_concurrency: int) -> Row[Any]:
+    def _spawn_tx(
+        self,
+        conn: Connection,
+        principal: Principal,
+        profile: str,
+        version: str,
+        runtime: str,
+        capabilities: list[str],
+        name: str | None,
+        parent_id: str | None,
+        labels: dict[str, str],
+        token: str,
+        max_concurrency: int,
+    ) -> Row[Any]:
         now = self._clock.now_us()
         depth = 0
         if parent_id is not None:
             depth = self._check_parent(conn, parent_id)
         agent_id = new_id(AGENT)
-        conn.execute(agents.insert().values(
-            id=agent_id, name=name or f"{profile}-{agent_id[-6:].lower()}", profile=profile,
-            profile_version=version, runtime=runtime, capabilities=capabilities, parent_id=parent_id,
-            depth=depth, status=AgentStatus.STARTING.value, token_hash=hash_token(token),
-            created_by=principal.id, created_at=now, labels=labels, max_concurrency=max_concurrency,
-        ))
-        audit.record(conn, now, principal, "agent.spawn", agent_id,
-                     {"profile": f"{profile}@{version}", "parent_id": parent_id})
+        conn.execute(
+            agents.insert().values(
+                id=agent_id,
+                name=name or f"{profile}-{agent_id[-6:].lower()}",
+                profile=profile,
+                profile_version=version,
+                runtime=runtime,
+                capabilities=capabilities,
+                parent_id=parent_id,
+                depth=depth,
+                status=AgentStatus.STARTING.value,
+                token_hash=hash_token(token),
+                created_by=principal.id,
+                created_at=now,
+                labels=labels,
+                max_concurrency=max_concurrency,
+            )
+        )
+        audit.record(
+            conn, now, principal, "agent.spawn", agent_id, {"profile": f"{profile}@{version}", "parent_id": parent_id}
+        )
         return conn.execute(select(agents).where(agents.c.id == agent_id)).one()
 
     def _check_parent(self, conn: Connection, parent_id: str) -> int:
@@ -114,14 +163,19 @@ class AgentService:
         if parent.status not in _LIVE:
             raise Conflict(f"parent {parent_id} is {parent.status}; only a live agent can have children")
         limits = self._profiles.resolve(f"{parent.profile}@{parent.profile_version}").limits
-        live_children = conn.execute(select(func.count()).select_from(agents).where(
-            agents.c.parent_id == parent_id, agents.c.status.in_(_LIVE))).scalar_one()
+        live_children = conn.execute(
+            select(func.count()).select_from(agents).where(agents.c.parent_id == parent_id, agents.c.status.in_(_LIVE))
+        ).scalar_one()
         if live_children >= limits.max_children:
-            raise Conflict(f"parent {parent_id} already has {live_children} live children; its profile "
-                           f"allows {limits.max_children}")
+            raise Conflict(
+                f"parent {parent_id} already has {live_children} live children; its profile "
+                f"allows {limits.max_children}"
+            )
         if parent.depth + 1 > limits.max_depth:
-            raise Conflict(f"a child of {parent_id} would be at depth {parent.depth + 1}; its profile "
-                           f"allows depth {limits.max_depth}")
+            raise Conflict(
+                f"a child of {parent_id} would be at depth {parent.depth + 1}; its profile "
+                f"allows depth {limits.max_depth}"
+            )
         return parent.depth + 1
 
     # -- read ----------------------------------------------------------------------------------
@@ -132,16 +186,30 @@ class AgentService:
         row = conn.execute(select(agents).where(agents.c.id == agent_id)).first()
         if row is None or not _visible(conn, principal, agent_id):
             raise NotFound(f"no agent {agent_id}")
-        children = list(conn.execute(
-            select(agents.c.id).where(agents.c.parent_id == agent_id).order_by(agents.c.id)).scalars())
+        children = list(
+            conn.execute(select(agents.c.id).where(agents.c.parent_id == agent_id).order_by(agents.c.id)).scalars()
+        )
         return agent_view(row, children)
 
-    async def list(self, principal: Principal, status: AgentStatus | None = None, profile: str | None = None,
-                   parent_id: str | None = None, limit: int = 100) -> list[AgentView]:
+    async def list(
+        self,
+        principal: Principal,
+        status: AgentStatus | None = None,
+        profile: str | None = None,
+        parent_id: str | None = None,
+        limit: int = 100,
+    ) -> list[AgentView]:
         return await self._db.read(self._list_tx, principal, status, profile, parent_id, limit)
 
-    def _list_tx(self, conn: Connection, principal: Principal, status: AgentStatus | None,
-                 profile: str | None, parent_id: str | None, limit: int) -> list[AgentView]:
+    def _list_tx(
+        self,
+        conn: Connection,
+        principal: Principal,
+        status: AgentStatus | None,
+        profile: str | None,
+        parent_id: str | None,
+        limit: int,
+    ) -> list[AgentView]:
         query = select(agents).order_by(agents.c.id).limit(limit)
         if status is not None:
             query = query.where(agents.c.status == status.value)
@@ -159,8 +227,9 @@ class AgentService:
         self._leases.announce_requeued(released)
         return ended
 
-    def _terminate_tx(self, conn: Connection, principal: Principal, agent_id: str,
-                      cascade: bool) -> tuple[list[str], list[Any]]:
+    def _terminate_tx(
+        self, conn: Connection, principal: Principal, agent_id: str, cascade: bool
+    ) -> tuple[list[str], list[Any]]:
         now = self._clock.now_us()
         row = conn.execute(select(agents.c.status).where(agents.c.id == agent_id)).first()
         if row is None or not _visible(conn, principal, agent_id):
@@ -168,18 +237,27 @@ class AgentService:
         if row.status == AgentStatus.TERMINATED:
             raise Conflict(f"agent {agent_id} is already terminated")
         below = descendants(conn, agent_id)
-        live_below = list(conn.execute(select(agents.c.id).where(
-            agents.c.id.in_(below), agents.c.status.in_(_LIVE))).scalars()) if below else []
+        live_below = (
+            list(conn.execute(select(agents.c.id).where(agents.c.id.in_(below), agents.c.status.in_(_LIVE))).scalars())
+            if below
+            else []
+        )
         if live_below and not cascade:
-            raise Conflict(f"agent {agent_id} has live children {live_below}; pass cascade=true "
-                           "or terminate them first")
+            raise Conflict(
+                f"agent {agent_id} has live children {live_below}; pass cascade=true or terminate them first"
+            )
         targets = [agent_id, *live_below]
         sources = [s.value for s in agent_sources(AgentStatus.TERMINATED)]
-        ended = conn.execute(
-            update(agents).where(agents.c.id.in_(targets), agents.c.status.in_(sources))
-            .values(status=AgentStatus.TERMINATED.value, token_hash=None, terminated_at=now)
-            .returning(agents.c.id)
-        ).scalars().all()
+        ended = (
+            conn.execute(
+                update(agents)
+                .where(agents.c.id.in_(targets), agents.c.status.in_(sources))
+                .values(status=AgentStatus.TERMINATED.value, token_hash=None, terminated_at=now)
+                .returning(agents.c.id)
+            )
+            .scalars()
+            .all()
+        )
         released = self._leases.release_held_by(conn, list(ended), now)
         for ended_id in ended:
             audit.record(conn, now, principal, "agent.terminate", ended_id, {"cascade_from": agent_id})
@@ -194,8 +272,10 @@ class AgentService:
         now = self._clock.now_us()
         sources = [s.value for s in agent_sources(AgentStatus.ACTIVE)] + [AgentStatus.ACTIVE.value]
         result = conn.execute(
-            update(agents).where(agents.c.id == principal.id, agents.c.status.in_(sources))
-            .values(status=AgentStatus.ACTIVE.value, last_heartbeat_at=now).returning(*agents.c)
+            update(agents)
+            .where(agents.c.id == principal.id, agents.c.status.in_(sources))
+            .values(status=AgentStatus.ACTIVE.value, last_heartbeat_at=now)
+            .returning(*agents.c)
         ).first()
         if result is None:
             raise Conflict(f"agent {principal.id} is not live; it cannot heartbeat")

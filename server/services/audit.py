@@ -11,9 +11,17 @@ from server.ids import EVENT, new_id
 from server.store.tables import audit_log
 
 
-def record(conn: Connection, at_us: int, principal: Principal, action: str, subject: str,
-           detail: dict[str, Any] | None = None) -> None:
-    conn.execute(audit_log.insert().values(
-        id=new_id(EVENT), at=at_us, principal=principal.id, role=principal.role.value,
-        action=action, subject=subject, detail=detail or {},
-    ))
+def record(
+    conn: Connection, at_us: int, principal: Principal, action: str, subject: str, detail: dict[str, Any] | None = None
+) -> None:
+    conn.execute(
+        audit_log.insert().values(
+            id=new_id(EVENT),
+            at=at_us,
+            principal=principal.id,
+            role=principal.role.value,
+            action=action,
+            subject=subject,
+            detail=detail or {},
+        )
+    )

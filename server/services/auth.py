@@ -18,7 +18,6 @@ AGENT_TOKEN_PREFIX = "afa_"
 ADMIN_TOKEN_PREFIX = "afk_"
 
 
-
 def new_agent_token() -> str:
     return AGENT_TOKEN_PREFIX + secrets.token_urlsafe(32)
 
@@ -41,9 +40,7 @@ class Authenticator:
         return self._admin_token
 
     def _lookup(self, conn: Connection, token_hash: str) -> str | None:
-        row = conn.execute(
-            select(agents.c.id, agents.c.status).where(agents.c.token_hash == token_hash)
-        ).first()
+        row = conn.execute(select(agents.c.id, agents.c.status).where(agents.c.token_hash == token_hash)).first()
         if row is None or row.status not in LIVE_AGENT_STATUSES:
             return None
         return row.id

@@ -44,8 +44,9 @@ def load_profiles(settings: Settings) -> ProfileRegistry:
     return ProfileRegistry.load(folders)
 
 
-def build_services(settings: Settings, admin_token: str, clock: Clock | None = None,
-                   run_migrations: bool = True) -> Services:
+def build_services(
+    settings: Settings, admin_token: str, clock: Clock | None = None, run_migrations: bool = True
+) -> Services:
     clock = clock or SystemClock()
     profiles = load_profiles(settings)
     db = Database(create_store_engine(settings.resolved_database_url))
@@ -54,7 +55,10 @@ def build_services(settings: Settings, admin_token: str, clock: Clock | None = N
     signals = TaskSignals()
     leases = LeaseService(db, clock, signals, settings.claim_recheck_s)
     return Services(
-        settings=settings, db=db, clock=clock, profiles=profiles,
+        settings=settings,
+        db=db,
+        clock=clock,
+        profiles=profiles,
         auth=Authenticator(db, admin_token),
         agents=AgentService(db, clock, profiles, leases),
         tasks=TaskService(db, clock, profiles, signals, settings.max_payload_bytes, settings.priority_aging_s),

@@ -12,8 +12,11 @@ from server.store.tables import agents, tasks
 
 _agents_by_status = select(agents.c.status, func.count()).group_by(agents.c.status)
 _tasks_by_status = select(tasks.c.status, tasks.c.priority, func.count()).group_by(tasks.c.status, tasks.c.priority)
-_unroutable = select(func.count()).select_from(tasks).where(tasks.c.status == TaskStatus.QUEUED.value,
-                                                            tasks.c.unroutable.is_(True))
+_unroutable = (
+    select(func.count())
+    .select_from(tasks)
+    .where(tasks.c.status == TaskStatus.QUEUED.value, tasks.c.unroutable.is_(True))
+)
 
 
 class FleetService:
@@ -35,8 +38,10 @@ class FleetService:
             agents=agent_counts,
             tasks=task_counts,
             unroutable=conn.execute(_unroutable).scalar_one(),
-            totals={"agents": sum(agent_counts.values()),
-                    "tasks": sum(sum(by_p.values()) for by_p in task_counts.values())},
+            totals={
+                "agents": sum(agent_counts.values()),
+                "tasks": sum(sum(by_p.values()) for by_p in task_counts.values()),
+            },
         )
 
     def counts_sync(self) -> FleetStatus:

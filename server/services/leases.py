@@ -59,8 +59,9 @@ def _require_agent(principal: Principal) -> str:
 
 
 class LeaseService:
-    def __init__(self, db: Database, clock: Clock, signals: TaskSignals, claim_recheck_s: float,
-                 rng: Random | None = None) -> None:
+    def __init__(
+        self, db: Database, clock: Clock, signals: TaskSignals, claim_recheck_s: float, rng: Random | None = None
+    ) -> None:
         self._db = db
         self._clock = clock
         self._signals = signals
@@ -75,8 +76,11 @@ class LeaseService:
             .values(last_heartbeat_at=bindparam("now", type_=BigInteger), status=AgentStatus.ACTIVE.value)
             .returning(agents.c.capabilities, agents.c.max_concurrency)
         )
-        self._held = select(func.count()).select_from(tasks).where(
-            tasks.c.agent_id == bindparam("me"), tasks.c.status == TaskStatus.RUNNING.value)
+        self._held = (
+            select(func.count())
+            .select_from(tasks)
+            .where(tasks.c.agent_id == bindparam("me"), tasks.c.status == TaskStatus.RUNNING.value)
+        )
         # Literal 'queued' so SQLite can use the partial queue index; the capability test runs in SQL.
         candidate = (
             "SELECT id FROM orch_tasks WHERE status = 'queued' AND ready_at <= :now "
@@ -90,18 +94,25 @@ class LeaseService:
         self._take = (
             update(tasks)
             .where(tasks.c.id == bindparam("task_id"), tasks.c.status == TaskStatus.QUEUED.value)
-            .values(status=TaskStatus.RUNNING.value, agent_id=bindparam("me"), attempts=tasks.c.attempts + 1,
-                    lease_expires_at=bindparam("now", type_=BigInteger)
-                    + func.coalesce(bindparam("lease_us", type_=BigInteger), _LEASE_US),
-                    started_at=func.coalesce(tasks.c.started_at, bindparam("now", type_=BigInteger)),
-                    updated_at=bindparam("now", type_=BigInteger),
-                    progress=None, progress_message=None, unroutable=False)
+            .values(
+                status=TaskStatus.RUNNING.value,
+                agent_id=bindparam("me"),
+                attempts=tasks.c.attempts + 1,
+                lease_expires_at=bindparam("now", type_=BigInteger)
+                + func.coalesce(bindparam("lease_us", type_=BigInteger), _LEASE_US),
+                started_at=func.coalesce(tasks.c.started_at, bindparam("now", type_=BigInteger)),
+                updated_at=bindparam("now", type_=BigInteger),
+                progress=None,
+                progress_message=None,
+                unroutable=False,
+            )
             .returning(*tasks.c)
         )
         self._lapsed = (
-            select(tasks.c.id).where(tasks.c.status == TaskStatus.RUNNING.value,
-                                     tasks.c.lease_expires_at <= bindparam("now"))
-            .order_by(tasks.c.lease_expires_at).limit(_REAP_BATCH)
+            select(tasks.c.id)
+            .where(tasks.c.status == TaskStatus.RUNNING.value, tasks.c.lease_expires_at <= bindparam("now"))
+            .order_by(tasks.c.lease_expires_at)
+            .limit(_REAP_BATCH)
         )
         if dialect == "postgresql":
             self._lapsed = self._lapsed.with_for_update(skip_locked=True)
@@ -137,29 +148,33 @@ class LeaseService:
         capabilities = frozenset(agent.capabilities)
         if conn.execute(self._held, {"me": agent_id}).scalar_one() >= agent.max_concurrency:
             return _ClaimOutcome(None, capabilities, at_capacity=True)
-        candidate = conn.execute(self._candidate, {"now": now, "me": agent_id,
-                                                   "caps": json.dumps(sorted(capabilities))}).first()
+        candidate = conn.execute(
+            self._candidate, {"now": now, "me": agent_id, "caps": json.dumps(sorted(capabilities))}
+        ).first()
         if candidate is None:
             return _ClaimOutcome(None, capabilities)
         lease_us = lease_s * MICROS if lease_s is not None else None
-        row = conn.execute(self._take, {"task_id": candidate.id, "me": agent_id, "now": now,
-                                        "lease_us": lease_us}).first()
+        row = conn.execute(
+            self._take, {"task_id": candidate.id, "me": agent_id, "now": now, "lease_us": lease_us}
+        ).first()
         if row is None:  # taken between select and update: only possible without row locks
             return _ClaimOutcome(None, capabilities)
-        conn.execute(task_attempts.insert().values(task_id=row.id, number=row.attempts, agent_id=agent_id,
-                                                   started_at=now))
-        audit.record(conn, now, principal, "task.claim", row.id,
-                     {"attempt": row.attempts})
+        conn.execute(
+            task_attempts.insert().values(task_id=row.id, number=row.attempts, agent_id=agent_id, started_at=now)
+        )
+        audit.record(conn, now, principal, "task.claim", row.id, {"attempt": row.attempts})
         return _ClaimOutcome(task_view(row), capabilities)
 
     # -- heartbeat -----------------------------------------------------------------------------
-    async def heartbeat(self, principal: Principal, task_id: str, progress: int | None = None,
-                        message: str | None = None) -> TaskLease:
+    async def heartbeat(
+        self, principal: Principal, task_id: str, progress: int | None = None, message: str | None = None
+    ) -> TaskLease:
         agent_id = _require_agent(principal)
         return await self._db.write(self._heartbeat_tx, agent_id, task_id, progress, message)
 
-    def _heartbeat_tx(self, conn: Connection, agent_id: str, task_id: str, progress: int | None,
-                      message: str | None) -> TaskLease:
+    def _heartbeat_tx(
+        self, conn: Connection, agent_id: str, task_id: str, progress: int | None, message: str | None
+    ) -> TaskLease:
         now = self._clock.now_us()
         values: dict[str, Any] = {"lease_expires_at": cast(now, BigInteger) + _LEASE_US, "updated_at": now}
         if progress is not None:
@@ -167,24 +182,37 @@ class LeaseService:
         if message is not None:
             values["progress_message"] = message
         row = conn.execute(
-            update(tasks).where(*self._held_by(task_id, agent_id, now)).values(**values)
+            update(tasks)
+            .where(*self._held_by(task_id, agent_id, now))
+            .values(**values)
             .returning(tasks.c.lease_expires_at, tasks.c.cancel_requested, tasks.c.progress)
         ).first()
         if row is None:
             self._explain_not_held(conn, task_id, agent_id, now)
-        return TaskLease(task_id=task_id, lease_expires_at=to_iso(row.lease_expires_at) or "",
-                         cancel_requested=row.cancel_requested, progress=row.progress)
+        return TaskLease(
+            task_id=task_id,
+            lease_expires_at=to_iso(row.lease_expires_at) or "",
+            cancel_requested=row.cancel_requested,
+            progress=row.progress,
+        )
 
     @staticmethod
     def _held_by(task_id: str, agent_id: str, now: int) -> tuple[Any, ...]:
-        return (tasks.c.id == task_id, tasks.c.status == TaskStatus.RUNNING.value,
-                tasks.c.agent_id == agent_id, tasks.c.lease_expires_at > now)
+        return (
+            tasks.c.id == task_id,
+            tasks.c.status == TaskStatus.RUNNING.value,
+            tasks.c.agent_id == agent_id,
+            tasks.c.lease_expires_at > now,
+        )
 
     @staticmethod
     def _explain_not_held(conn: Connection, task_id: str, agent_id: str, now: int) -> None:
         """The conditional update matched nothing: say why, in the contract's terms."""
-        row = conn.execute(select(tasks.c.status, tasks.c.agent_id, tasks.c.submitted_by,
-                                  tasks.c.lease_expires_at).where(tasks.c.id == task_id)).first()
+        row = conn.execute(
+            select(tasks.c.status, tasks.c.agent_id, tasks.c.submitted_by, tasks.c.lease_expires_at).where(
+                tasks.c.id == task_id
+            )
+        ).first()
         if row is None:
             raise NotFound(f"no task {task_id}")
         if row.agent_id != agent_id:
@@ -204,9 +232,17 @@ class LeaseService:
         now = self._clock.now_us()
         agent_id = principal.id
         row = conn.execute(
-            update(tasks).where(*self._held_by(task_id, agent_id, now))
-            .values(status=TaskStatus.COMPLETED.value, result=result, usage=usage, finished_at=now, updated_at=now,
-                    lease_expires_at=None, progress=100)
+            update(tasks)
+            .where(*self._held_by(task_id, agent_id, now))
+            .values(
+                status=TaskStatus.COMPLETED.value,
+                result=result,
+                usage=usage,
+                finished_at=now,
+                updated_at=now,
+                lease_expires_at=None,
+                progress=100,
+            )
             .returning(*tasks.c)
         ).first()
         if row is None:
@@ -221,8 +257,9 @@ class LeaseService:
         self._announce_local(requeued)
         return view
 
-    def _fail_tx(self, conn: Connection, principal: Principal, task_id: str, error: str,
-                 retryable: bool) -> tuple[TaskView, _Requeued | None]:
+    def _fail_tx(
+        self, conn: Connection, principal: Principal, task_id: str, error: str, retryable: bool
+    ) -> tuple[TaskView, _Requeued | None]:
         now = self._clock.now_us()
         agent_id = principal.id
         query = select(tasks).where(*self._held_by(task_id, agent_id, now))
@@ -233,8 +270,7 @@ class LeaseService:
             self._explain_not_held(conn, task_id, agent_id, now)
         outcome = "cancelled" if row.cancel_requested else "failed"
         view, requeued = self._end_lease(conn, row, now, outcome=outcome, error=error, retryable=retryable)
-        audit.record(conn, now, principal, "task.fail", task_id,
-                     {"retryable": retryable, "status": view.status})
+        audit.record(conn, now, principal, "task.fail", task_id, {"retryable": retryable, "status": view.status})
         return view, requeued
 
     # -- reaper --------------------------------------------------------------------------------
@@ -253,11 +289,16 @@ class LeaseService:
         ended: list[_Requeued | None] = []
         for row in conn.execute(select(tasks).where(tasks.c.id.in_(ids))):
             outcome = "cancelled" if row.cancel_requested else "expired"
-            _, requeued = self._end_lease(conn, row, now, outcome=outcome,
-                                          error=f"lease expired (held by {row.agent_id})", retryable=True,
-                                          lapsed=True)
-            audit.record(conn, now, REAPER, "task.lease_expired", row.id,
-                         {"agent_id": row.agent_id})
+            _, requeued = self._end_lease(
+                conn,
+                row,
+                now,
+                outcome=outcome,
+                error=f"lease expired (held by {row.agent_id})",
+                retryable=True,
+                lapsed=True,
+            )
+            audit.record(conn, now, REAPER, "task.lease_expired", row.id, {"agent_id": row.agent_id})
             ended.append(requeued)
         return ended
 
@@ -266,28 +307,52 @@ class LeaseService:
         of attempts). Runs inside the caller's transaction."""
         if not agent_ids:
             return []
-        rows = conn.execute(select(tasks).where(tasks.c.agent_id.in_(agent_ids),
-                                                tasks.c.status == TaskStatus.RUNNING.value)).all()
-        return [self._end_lease(conn, row, now, outcome="released", error=f"agent {row.agent_id} terminated",
-                                retryable=True, immediate=True)[1] for row in rows]
+        rows = conn.execute(
+            select(tasks).where(tasks.c.agent_id.in_(agent_ids), tasks.c.status == TaskStatus.RUNNING.value)
+        ).all()
+        return [
+            self._end_lease(
+                conn,
+                row,
+                now,
+                outcome="released",
+                error=f"agent {row.agent_id} terminated",
+                retryable=True,
+                immediate=True,
+            )[1]
+            for row in rows
+        ]
 
     # -- shared --------------------------------------------------------------------------------
-    def _end_lease(self, conn: Connection, row: Row[Any], now: int, *, outcome: str, error: str,
-                   retryable: bool, lapsed: bool = False, immediate: bool = False
-                   ) -> tuple[TaskView, _Requeued | None]:
+    def _end_lease(
+        self,
+        conn: Connection,
+        row: Row[Any],
+        now: int,
+        *,
+        outcome: str,
+        error: str,
+        retryable: bool,
+        lapsed: bool = False,
+        immediate: bool = False,
+    ) -> tuple[TaskView, _Requeued | None]:
         """Move a running task to its next status: cancelled, queued (retry), dead or failed."""
         requeued = None
         values: dict[str, Any] = {"lease_expires_at": None, "updated_at": now}
         if row.cancel_requested:
             values.update(status=TaskStatus.CANCELLED.value, finished_at=now)
         elif retryable and row.attempts < row.max_attempts:
-            delay = 0 if immediate else backoff_delay_us(row.attempts, row.backoff_base_ms, row.backoff_cap_ms,
-                                                          self._rng)
+            delay = (
+                0 if immediate else backoff_delay_us(row.attempts, row.backoff_base_ms, row.backoff_cap_ms, self._rng)
+            )
             values.update(status=TaskStatus.QUEUED.value, ready_at=now + delay, error=error)
             requeued = _Requeued(list(row.capabilities), row.pinned_agent_id, now + delay)
         elif retryable:
-            values.update(status=TaskStatus.DEAD.value, finished_at=now,
-                          error=f"{error} (attempt {row.attempts} of {row.max_attempts}; no attempts left)")
+            values.update(
+                status=TaskStatus.DEAD.value,
+                finished_at=now,
+                error=f"{error} (attempt {row.attempts} of {row.max_attempts}; no attempts left)",
+            )
         else:
             values.update(status=TaskStatus.FAILED.value, finished_at=now, error=error)
         guard = [tasks.c.id == row.id, tasks.c.status == TaskStatus.RUNNING.value, tasks.c.agent_id == row.agent_id]
@@ -303,9 +368,11 @@ class LeaseService:
 
     @staticmethod
     def _end_attempt(conn: Connection, task_id: str, number: int, now: int, outcome: str, error: str | None) -> None:
-        conn.execute(update(task_attempts).where(task_attempts.c.task_id == task_id,
-                                                 task_attempts.c.number == number)
-                     .values(ended_at=now, outcome=outcome, error=error))
+        conn.execute(
+            update(task_attempts)
+            .where(task_attempts.c.task_id == task_id, task_attempts.c.number == number)
+            .values(ended_at=now, outcome=outcome, error=error)
+        )
 
     def announce_requeued(self, released: list[_Requeued | None]) -> None:
         """After a commit that released leases: wake local claimers for the requeued work."""
@@ -314,6 +381,6 @@ class LeaseService:
 
     def _announce_local(self, requeued: _Requeued | None) -> None:
         if requeued is not None:
-            self._signals.task_ready(frozenset(requeued.capabilities), requeued.pinned, requeued.ready_at,
-                                     self._clock.now_us())
-
+            self._signals.task_ready(
+                frozenset(requeued.capabilities), requeued.pinned, requeued.ready_at, self._clock.now_us()
+            )

@@ -77,8 +77,9 @@ class ProfileRegistry:
         for profile in versions:
             if profile.version == version:
                 return profile
-        raise InvalidInput(f"profile {name!r} has no version {version}; it has "
-                           + ", ".join(p.version for p in versions))
+        raise InvalidInput(
+            f"profile {name!r} has no version {version}; it has " + ", ".join(p.version for p in versions)
+        )
 
     def all(self) -> list[Profile]:
         return [p for versions in self._by_name.values() for p in versions]

@@ -14,21 +14,48 @@ from server.store.tables import task_attempts
 
 def task_view(row: Row[Any], attempts: list[AttemptView] | None = None) -> TaskView:
     return TaskView(
-        id=row.id, type=row.type, payload=row.payload, capabilities=list(row.capabilities),
-        priority=Priority.from_rank(row.priority).value, status=row.status,
-        pinned_agent_id=row.pinned_agent_id, agent_id=row.agent_id, submitted_by=row.submitted_by,
-        created_at=to_iso(row.created_at), updated_at=to_iso(row.updated_at),
-        started_at=to_iso(row.started_at), finished_at=to_iso(row.finished_at), attempts=row.attempts,
-        max_attempts=row.max_attempts, lease_expires_at=to_iso(row.lease_expires_at),
-        cancel_requested=row.cancel_requested, idempotency_key=row.idempotency_key,
-        result=row.result, error=row.error, ready_at=to_iso(row.ready_at), lease_s=row.lease_s,
-        progress=row.progress, progress_message=row.progress_message, usage=row.usage,
-        unroutable=row.unroutable, attempt_history=attempts,
+        id=row.id,
+        type=row.type,
+        payload=row.payload,
+        capabilities=list(row.capabilities),
+        priority=Priority.from_rank(row.priority).value,
+        status=row.status,
+        pinned_agent_id=row.pinned_agent_id,
+        agent_id=row.agent_id,
+        submitted_by=row.submitted_by,
+        created_at=to_iso(row.created_at),
+        updated_at=to_iso(row.updated_at),
+        started_at=to_iso(row.started_at),
+        finished_at=to_iso(row.finished_at),
+        attempts=row.attempts,
+        max_attempts=row.max_attempts,
+        lease_expires_at=to_iso(row.lease_expires_at),
+        cancel_requested=row.cancel_requested,
+        idempotency_key=row.idempotency_key,
+        result=row.result,
+        error=row.error,
+        ready_at=to_iso(row.ready_at),
+        lease_s=row.lease_s,
+        progress=row.progress,
+        progress_message=row.progress_message,
+        usage=row.usage,
+        unroutable=row.unroutable,
+        attempt_history=attempts,
     )
 
 
 def attempt_history(conn: Connection, task_id: str) -> list[AttemptView]:
-    rows = conn.execute(select(task_attempts).where(task_attempts.c.task_id == task_id)
-                        .order_by(task_attempts.c.number))
-    return [AttemptView(number=r.number, agent_id=r.agent_id, started_at=to_iso(r.started_at),
-                        ended_at=to_iso(r.ended_at), outcome=r.outcome, error=r.error) for r in rows]
+    rows = conn.execute(
+        select(task_attempts).where(task_attempts.c.task_id == task_id).order_by(task_attempts.c.number)
+    )
+    return [
+        AttemptView(
+            number=r.number,
+            agent_id=r.agent_id,
+            started_at=to_iso(r.started_at),
+            ended_at=to_iso(r.ended_at),
+            outcome=r.outcome,
+            error=r.error,
+        )
+        for r in rows
+    ]

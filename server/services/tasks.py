@@ -42,15 +42,23 @@ def _decode_cursor(cursor: str) -> str:
         raise InvalidInput("cursor is not one this server issued") from None
 
 
-def announce_ready(conn: Connection, signals: TaskSignals, capabilities: list[str], pinned: str | None,
-                   ready_at: int) -> None:
+def announce_ready(
+    conn: Connection, signals: TaskSignals, capabilities: list[str], pinned: str | None, ready_at: int
+) -> None:
     """Tell other replicas (on commit) that a task is claimable at ready_at."""
     notify(conn, TASK_CHANNEL, {"o": signals.origin, "c": capabilities, "p": pinned, "r": ready_at})
 
 
 class TaskService:
-    def __init__(self, db: Database, clock: Clock, profiles: ProfileRegistry, signals: TaskSignals,
-                 max_payload_bytes: int, priority_aging_s: int) -> None:
+    def __init__(
+        self,
+        db: Database,
+        clock: Clock,
+        profiles: ProfileRegistry,
+        signals: TaskSignals,
+        max_payload_bytes: int,
+        priority_aging_s: int,
+    ) -> None:
         self._db = db
         self._clock = clock
         self._profiles = profiles
@@ -59,20 +67,24 @@ class TaskService:
         self._aging_us = priority_aging_s * MICROS
         self._agent_covers = text(
             "SELECT 1 FROM orch_agents WHERE status IN ('starting', 'active', 'unresponsive') AND "
-            + json_subset(db.dialect, ":need", "orch_agents.capabilities") + " LIMIT 1")
+            + json_subset(db.dialect, ":need", "orch_agents.capabilities")
+            + " LIMIT 1"
+        )
 
     # -- submit --------------------------------------------------------------------------------
     async def submit(self, principal: Principal, spec: TaskSpec, task_id: str | None = None) -> TaskView:
         """Queue a task. `task_id` lets an adapter choose the id (A2A uses its own task id)."""
         size = payload_size(spec.payload)
         if size > self._max_payload:
-            raise InvalidInput(f"payload is {size} bytes; the limit is {self._max_payload} "
-                               "(AGENTFLEET_MAX_PAYLOAD_BYTES)")
+            raise InvalidInput(
+                f"payload is {size} bytes; the limit is {self._max_payload} (AGENTFLEET_MAX_PAYLOAD_BYTES)"
+            )
         spec = spec.model_copy(update={"capabilities": tuple(validate_capabilities(spec.capabilities))})
         view = await self._db.write(self._submit_tx, principal, spec, task_id or new_id(TASK))
         if view.status == TaskStatus.QUEUED:
-            self._signals.task_ready(frozenset(view.capabilities), view.pinned_agent_id,
-                                     from_iso(view.ready_at), self._clock.now_us())
+            self._signals.task_ready(
+                frozenset(view.capabilities), view.pinned_agent_id, from_iso(view.ready_at), self._clock.now_us()
+            )
         return view
 
     def _submit_tx(self, conn: Connection, principal: Principal, spec: TaskSpec, task_id: str) -> TaskView:
@@ -87,13 +99,26 @@ class TaskService:
         unroutable = not self._routable(conn, spec)
         ready_at = max(now, int(spec.not_before.timestamp() * MICROS)) if spec.not_before else now
         values = dict(
-            id=task_id, type=spec.type, payload=spec.payload, capabilities=list(spec.capabilities),
-            priority=spec.priority.rank, status=TaskStatus.QUEUED.value, pinned_agent_id=spec.pinned_agent_id,
-            submitted_by=principal.id, created_at=now, updated_at=now, attempts=0,
-            max_attempts=spec.max_attempts, cancel_requested=False, idempotency_key=spec.idempotency_key,
-            spec_hash=digest, ready_at=ready_at,
-            dispatch_key=dispatch_key(spec.priority.rank, ready_at, self._aging_us), lease_s=spec.lease_s,
-            backoff_base_ms=int(spec.backoff_base_s * 1000), backoff_cap_ms=int(spec.backoff_cap_s * 1000),
+            id=task_id,
+            type=spec.type,
+            payload=spec.payload,
+            capabilities=list(spec.capabilities),
+            priority=spec.priority.rank,
+            status=TaskStatus.QUEUED.value,
+            pinned_agent_id=spec.pinned_agent_id,
+            submitted_by=principal.id,
+            created_at=now,
+            updated_at=now,
+            attempts=0,
+            max_attempts=spec.max_attempts,
+            cancel_requested=False,
+            idempotency_key=spec.idempotency_key,
+            spec_hash=digest,
+            ready_at=ready_at,
+            dispatch_key=dispatch_key(spec.priority.rank, ready_at, self._aging_us),
+            lease_s=spec.lease_s,
+            backoff_base_ms=int(spec.backoff_base_s * 1000),
+            backoff_cap_ms=int(spec.backoff_cap_s * 1000),
             unroutable=unroutable,
         )
         try:
@@ -113,22 +138,26 @@ class TaskService:
         """Can some live agent, or some profile an agent could be spawned from, take this task?"""
         need = frozenset(spec.capabilities)
         if spec.pinned_agent_id is not None:
-            pinned_caps = conn.execute(select(agents.c.capabilities).where(agents.c.id == spec.pinned_agent_id)).scalar()
+            pinned_caps = conn.execute(
+                select(agents.c.capabilities).where(agents.c.id == spec.pinned_agent_id)
+            ).scalar()
             if need <= frozenset(pinned_caps or ()):
                 return True
-        elif any(need <= frozenset(p.capabilities) for p in self._profiles.all()):
-            return True
-        elif conn.execute(self._agent_covers, {"need": json.dumps(sorted(need))}).first() is not None:
+        elif (
+            any(need <= frozenset(p.capabilities) for p in self._profiles.all())
+            or conn.execute(self._agent_covers, {"need": json.dumps(sorted(need))}).first() is not None
+        ):
             return True
         if spec.allow_unroutable:
             return False
         known = self._profiles.capabilities() | self._live_capabilities(conn)
         missing = sorted(need - known)
         who = f"agent {spec.pinned_agent_id}" if spec.pinned_agent_id else "no live agent and no profile"
-        detail = (f"missing capabilities {missing}" if missing
-                  else f"no single agent has all of {sorted(need)}")
-        raise InvalidInput(f"{who} can run this task: {detail}. Spawn an agent that has them, or pass "
-                           "allow_unroutable=true to queue it anyway")
+        detail = f"missing capabilities {missing}" if missing else f"no single agent has all of {sorted(need)}"
+        raise InvalidInput(
+            f"{who} can run this task: {detail}. Spawn an agent that has them, or pass "
+            "allow_unroutable=true to queue it anyway"
+        )
 
     @staticmethod
     def _live_capabilities(conn: Connection) -> frozenset[str]:
@@ -163,14 +192,28 @@ class TaskService:
     def _may_see(principal: Principal, row: Row[Any]) -> bool:
         return principal.is_admin or principal.id in (row.submitted_by, row.agent_id, row.pinned_agent_id)
 
-    async def list(self, principal: Principal, status: TaskStatus | None = None, type: str | None = None,
-                   agent_id: str | None = None, limit: int = 50, cursor: str | None = None
-                   ) -> tuple[list[TaskView], str | None]:
+    async def list(
+        self,
+        principal: Principal,
+        status: TaskStatus | None = None,
+        type: str | None = None,
+        agent_id: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> tuple[list[TaskView], str | None]:
         after = _decode_cursor(cursor) if cursor else None
         return await self._db.read(self._list_tx, principal, status, type, agent_id, limit, after)
 
-    def _list_tx(self, conn: Connection, principal: Principal, status: TaskStatus | None, type_: str | None,
-                 agent_id: str | None, limit: int, after: str | None) -> tuple[list[TaskView], str | None]:
+    def _list_tx(
+        self,
+        conn: Connection,
+        principal: Principal,
+        status: TaskStatus | None,
+        type_: str | None,
+        agent_id: str | None,
+        limit: int,
+        after: str | None,
+    ) -> tuple[list[TaskView], str | None]:
         query = select(tasks).order_by(tasks.c.id.desc()).limit(limit + 1)
         if status is not None:
             query = query.where(tasks.c.status == status.value)
@@ -181,8 +224,13 @@ class TaskService:
         if after is not None:
             query = query.where(tasks.c.id < after)
         if not principal.is_admin:
-            query = query.where(or_(tasks.c.submitted_by == principal.id, tasks.c.agent_id == principal.id,
-                                    tasks.c.pinned_agent_id == principal.id))
+            query = query.where(
+                or_(
+                    tasks.c.submitted_by == principal.id,
+                    tasks.c.agent_id == principal.id,
+                    tasks.c.pinned_agent_id == principal.id,
+                )
+            )
         rows = conn.execute(query).all()
         page = [task_view(r) for r in rows[:limit]]
         return page, (_encode_cursor(page[-1].id) if len(rows) > limit else None)
@@ -197,16 +245,23 @@ class TaskService:
         if row is None or not (principal.is_admin or principal.id == row.submitted_by):
             raise NotFound(f"no task {task_id} that you submitted")
         error = f"cancelled by {principal.id}" + (f": {reason}" if reason else "")
-        done = conn.execute(update(tasks).where(tasks.c.id == task_id, tasks.c.status.in_(_QUEUE_CANCELLABLE)).values(
-            status=TaskStatus.CANCELLED.value, finished_at=now, updated_at=now, error=error)).rowcount
+        done = conn.execute(
+            update(tasks)
+            .where(tasks.c.id == task_id, tasks.c.status.in_(_QUEUE_CANCELLABLE))
+            .values(status=TaskStatus.CANCELLED.value, finished_at=now, updated_at=now, error=error)
+        ).rowcount
         if not done:
             # A running task is cancelled cooperatively: its holder learns it on heartbeat, and the
             # reaper ends it when the lease runs out.
-            done = conn.execute(update(tasks).where(
-                tasks.c.id == task_id, tasks.c.status == TaskStatus.RUNNING.value,
-            ).values(cancel_requested=True, updated_at=now, error=error)).rowcount
+            done = conn.execute(
+                update(tasks)
+                .where(
+                    tasks.c.id == task_id,
+                    tasks.c.status == TaskStatus.RUNNING.value,
+                )
+                .values(cancel_requested=True, updated_at=now, error=error)
+            ).rowcount
         if not done:
             raise Conflict(f"task {task_id} is already {row.status}")
         audit.record(conn, now, principal, "task.cancel", task_id, {"reason": reason})
         return task_view(conn.execute(select(tasks).where(tasks.c.id == task_id)).one())
-

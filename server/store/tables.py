@@ -4,8 +4,21 @@ dialects compare and index them identically; money (later) is integer micro-doll
 from __future__ import annotations
 
 from sqlalchemy import (
-    JSON, BigInteger, Boolean, CheckConstraint, Column, ForeignKey, Index, Integer, LargeBinary, MetaData,
-    SmallInteger, String, Table, Text, text,
+    JSON,
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Column,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    SmallInteger,
+    String,
+    Table,
+    Text,
+    text,
 )
 
 from server.domain.statuses import AgentStatus, TaskStatus
@@ -28,7 +41,8 @@ def _one_of(column: str, values: list[str]) -> str:
 
 
 agents = Table(
-    "orch_agents", metadata,
+    "orch_agents",
+    metadata,
     Column("id", String(ID), primary_key=True),
     Column("name", String(200), nullable=False),
     Column("profile", String(100), nullable=False),
@@ -50,7 +64,8 @@ agents = Table(
 )
 
 tasks = Table(
-    "orch_tasks", metadata,
+    "orch_tasks",
+    metadata,
     Column("id", String(ID), primary_key=True),
     Column("type", String(100), nullable=False),
     Column("payload", JSON, nullable=False),
@@ -91,14 +106,24 @@ tasks = Table(
     CheckConstraint("status <> 'running' OR agent_id IS NOT NULL", name="running_has_holder"),
     Index("ix_orch_tasks_status", "status"),
     # The queue: only queued rows, in dispatch order.
-    Index("ix_orch_tasks_ready", "dispatch_key", "id", sqlite_where=text("status = 'queued'"),
-          postgresql_where=text("status = 'queued'")),
-    Index("ix_orch_tasks_leases", "lease_expires_at", sqlite_where=text("status = 'running'"),
-          postgresql_where=text("status = 'running'")),
+    Index(
+        "ix_orch_tasks_ready",
+        "dispatch_key",
+        "id",
+        sqlite_where=text("status = 'queued'"),
+        postgresql_where=text("status = 'queued'"),
+    ),
+    Index(
+        "ix_orch_tasks_leases",
+        "lease_expires_at",
+        sqlite_where=text("status = 'running'"),
+        postgresql_where=text("status = 'running'"),
+    ),
 )
 
 task_attempts = Table(
-    "orch_task_attempts", metadata,
+    "orch_task_attempts",
+    metadata,
     Column("task_id", String(ID), ForeignKey("orch_tasks.id"), primary_key=True),
     Column("number", Integer, primary_key=True),
     Column("agent_id", String(ID), ForeignKey("orch_agents.id"), nullable=False, index=True),
@@ -106,12 +131,15 @@ task_attempts = Table(
     Column("ended_at", BigInteger, nullable=True),
     Column("outcome", String(20), nullable=True),
     Column("error", Text, nullable=True),
-    CheckConstraint("outcome IS NULL OR " + _one_of("outcome", ["completed", "failed", "expired", "cancelled",
-                                                                 "released"]), name="outcome"),
+    CheckConstraint(
+        "outcome IS NULL OR " + _one_of("outcome", ["completed", "failed", "expired", "cancelled", "released"]),
+        name="outcome",
+    ),
 )
 
 audit_log = Table(
-    "orch_audit", metadata,
+    "orch_audit",
+    metadata,
     Column("id", String(ID), primary_key=True),
     Column("at", BigInteger, nullable=False),
     Column("principal", String(60), nullable=False),
@@ -124,7 +152,8 @@ audit_log = Table(
 # A2A tasks created through /a2a: the protocol's own record (opaque bytes written by the A2A
 # adapter) beside the orchestrator task it mirrors, scoped to the principal that created it.
 a2a_tasks = Table(
-    "orch_a2a_tasks", metadata,
+    "orch_a2a_tasks",
+    metadata,
     Column("id", String(ID), primary_key=True),
     Column("owner", String(60), nullable=False),
     Column("context_id", String(200), nullable=False),

@@ -11,7 +11,14 @@ import pytest
 from a2a.client import A2ACardResolver, Client, ClientConfig, create_client
 from a2a.helpers import get_message_text, new_data_part, new_message, new_text_message
 from a2a.types import (
-    AgentCard, GetTaskRequest, Part, Role, SendMessageRequest, Task, TaskNotFoundError, TaskState,
+    AgentCard,
+    GetTaskRequest,
+    Part,
+    Role,
+    SendMessageRequest,
+    Task,
+    TaskNotFoundError,
+    TaskState,
 )
 
 from tests.helpers import call, call_error
@@ -114,13 +121,18 @@ async def test_plain_text_becomes_a_text_task(shared_fleet: FleetServer, a2a: Op
     assert orchestrated["priority"] == "normal"
 
 
-@pytest.mark.parametrize("spec", [
-    {**REVIEW_SPEC, "priority": "urgent"},
-    {**REVIEW_SPEC, "colour": "blue"},
-    {"payload": {"pr": 42}},
-], ids=["bad-priority", "unknown-field", "no-type"])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {**REVIEW_SPEC, "priority": "urgent"},
+        {**REVIEW_SPEC, "colour": "blue"},
+        {"payload": {"pr": 42}},
+    ],
+    ids=["bad-priority", "unknown-field", "no-type"],
+)
 async def test_a_bad_task_spec_is_rejected_with_invalid_input_and_queues_nothing(
-        shared_fleet: FleetServer, a2a: OpenA2A, spec: dict[str, object]) -> None:
+    shared_fleet: FleetServer, a2a: OpenA2A, spec: dict[str, object]
+) -> None:
     async with a2a() as client:
         task = await send(client, new_data_part(spec))
         assert task.status.state == TaskState.TASK_STATE_REJECTED

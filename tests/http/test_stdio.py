@@ -19,16 +19,19 @@ pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
 
 def stdio_server(data_dir: Path, database_url: str, token: str | None = None) -> StdioServerParameters:
-    env = {"AGENTFLEET_DATA_DIR": str(data_dir), "AGENTFLEET_DATABASE_URL": database_url,
-           "AGENTFLEET_ADMIN_TOKEN": ADMIN_TOKEN}
+    env = {
+        "AGENTFLEET_DATA_DIR": str(data_dir),
+        "AGENTFLEET_DATABASE_URL": database_url,
+        "AGENTFLEET_ADMIN_TOKEN": ADMIN_TOKEN,
+    }
     if token is not None:
         env["AGENTFLEET_TOKEN"] = token
-    return StdioServerParameters(command=sys.executable, args=["-m", "server.cli", "serve", "--stdio"],
-                                 env=env, cwd=REPO_ROOT)
+    return StdioServerParameters(
+        command=sys.executable, args=["-m", "server.cli", "serve", "--stdio"], env=env, cwd=REPO_ROOT
+    )
 
 
-async def test_stdio_acts_as_admin_or_as_the_agent_named_by_agentfleet_token(database_url: str,
-                                                                             tmp_path: Path) -> None:
+async def test_stdio_acts_as_admin_or_as_the_agent_named_by_agentfleet_token(database_url: str, tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     async with Client(stdio_server(data_dir, database_url)) as admin:
         empty = await call(admin, "fleet_status")

@@ -98,8 +98,7 @@ async def test_an_agent_sees_only_itself_and_its_descendants(connect):
         assert hidden.code == "not_found"
         forbidden = await call_error(as_first, "agent_terminate", agent_id=second["agent"]["id"])
         assert forbidden.code == "not_found"
-        foreign_parent = await call_error(as_first, "agent_spawn", profile="default",
-                                          parent_id=second["agent"]["id"])
+        foreign_parent = await call_error(as_first, "agent_spawn", profile="default", parent_id=second["agent"]["id"])
         assert foreign_parent.code == "permission_denied"
 
 

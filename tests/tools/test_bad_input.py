@@ -17,7 +17,9 @@ pytestmark = pytest.mark.anyio
 def snapshot(services) -> dict[str, list[tuple[Any, ...]]]:
     """Every row of every table: the proof that a refused call changed nothing."""
     with services.db.engine.connect() as conn:
-        return {t.name: sorted(tuple(map(repr, row)) for row in conn.execute(select(t))) for t in metadata.sorted_tables}
+        return {
+            t.name: sorted(tuple(map(repr, row)) for row in conn.execute(select(t))) for t in metadata.sorted_tables
+        }
 
 
 BAD_CALLS: list[tuple[str, dict[str, Any], str]] = [
@@ -78,8 +80,9 @@ async def test_the_walk_covers_every_tool(connect):
     assert listed == {name for name, _, _ in BAD_CALLS} - {"no_such_tool"}
 
 
-@pytest.mark.parametrize(("tool", "arguments", "code"), BAD_CALLS,
-                         ids=[f"{t}-{i}" for i, (t, _, _) in enumerate(BAD_CALLS)])
+@pytest.mark.parametrize(
+    ("tool", "arguments", "code"), BAD_CALLS, ids=[f"{t}-{i}" for i, (t, _, _) in enumerate(BAD_CALLS)]
+)
 async def test_bad_input_is_refused_with_its_code_and_changes_nothing(connect, services, tool, arguments, code):
     async with connect() as admin:
         await call(admin, "agent_spawn", profile="default")  # some state that must survive untouched
@@ -97,7 +100,11 @@ async def test_a_revoked_agent_token_is_refused_and_changes_nothing(connect, ser
         await call(admin, "agent_terminate", agent_id=spawned["agent"]["id"])
     before = snapshot(services)
     async with connect(spawned["token"]) as revoked:
-        for tool, arguments in [("agent_heartbeat", {}), ("task_submit", {"type": "x"}), ("fleet_status", {}),
-                                ("agent_spawn", {"profile": "default"})]:
+        for tool, arguments in [
+            ("agent_heartbeat", {}),
+            ("task_submit", {"type": "x"}),
+            ("fleet_status", {}),
+            ("agent_spawn", {"profile": "default"}),
+        ]:
             assert (await call_error(revoked, tool, **arguments)).code == "permission_denied"
     assert snapshot(services) == before

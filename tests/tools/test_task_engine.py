@@ -82,15 +82,19 @@ async def test_lease_lifecycle_heartbeat_complete_and_holder_rules(fake_connect,
         assert beat["cancel_requested"] is False and from_iso(beat["lease_expires_at"]) == clock.now_us() + 30_000_000
         assert (await call_error(other, "task_complete", task_id=task["id"], result=1)).code == "permission_denied"
         assert (await call_error(other, "task_heartbeat", task_id=task["id"])).code == "permission_denied"
-        done = await call(agent, "task_complete", task_id=task["id"], result={"answer": 42},
-                          usage={"model": "m", "input_tokens": 10})
-        assert done["status"] == "completed" and done["result"] == {"answer": 42} and done["usage"]["input_tokens"] == 10
+        done = await call(
+            agent, "task_complete", task_id=task["id"], result={"answer": 42}, usage={"model": "m", "input_tokens": 10}
+        )
+        assert (
+            done["status"] == "completed" and done["result"] == {"answer": 42} and done["usage"]["input_tokens"] == 10
+        )
         again = await call_error(agent, "task_complete", task_id=task["id"], result=1)
         assert again.code == "conflict"
     async with fake_connect() as admin:
         shown = await call(admin, "task_get", task_id=task["id"])
     assert [(a["number"], a["agent_id"], a["outcome"]) for a in shown["attempt_history"]] == [
-        (1, holder["agent"]["id"], "completed")]
+        (1, holder["agent"]["id"], "completed")
+    ]
 
 
 async def test_a_lapsed_lease_is_refused_then_reaped_and_retried(fake_connect, fake_time_services, clock):

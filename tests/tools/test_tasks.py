@@ -11,8 +11,14 @@ pytestmark = pytest.mark.anyio
 
 async def test_submit_then_get_shows_the_task_as_queued(connect):
     async with connect() as admin:
-        task = await call(admin, "task_submit", type="review", payload={"pr": 42, "files": ["a.py"]},
-                          capabilities=["test", "code"], priority="high")
+        task = await call(
+            admin,
+            "task_submit",
+            type="review",
+            payload={"pr": 42, "files": ["a.py"]},
+            capabilities=["test", "code"],
+            priority="high",
+        )
         assert task["id"].startswith("tsk_")
         assert task["status"] == "queued" and task["priority"] == "high"
         assert task["capabilities"] == ["code", "test"]
@@ -26,8 +32,9 @@ async def test_idempotency_key_returns_the_same_task_and_refuses_another_spec(co
         first = await call(admin, "task_submit", type="build", payload={"ref": "main"}, idempotency_key="build-main-1")
         again = await call(admin, "task_submit", type="build", payload={"ref": "main"}, idempotency_key="build-main-1")
         assert again["id"] == first["id"]
-        clash = await call_error(admin, "task_submit", type="build", payload={"ref": "dev"},
-                                 idempotency_key="build-main-1")
+        clash = await call_error(
+            admin, "task_submit", type="build", payload={"ref": "dev"}, idempotency_key="build-main-1"
+        )
         assert clash.code == "conflict" and first["id"] in clash.text
         listed = await call(admin, "task_list")
     assert [t["id"] for t in listed["tasks"]] == [first["id"]]
@@ -107,7 +114,9 @@ async def test_resources_show_agents_and_tasks(connect):
         task = await call(admin, "task_submit", type="build", payload={"x": 1})
         templates = {t.uri_template for t in (await admin.list_resource_templates()).resource_templates}
         assert templates == {"agentfleet://agents/{agent_id}", "agentfleet://tasks/{task_id}"}
-        agent_doc = json.loads((await admin.read_resource(f"agentfleet://agents/{agent['agent']['id']}")).contents[0].text)
+        agent_doc = json.loads(
+            (await admin.read_resource(f"agentfleet://agents/{agent['agent']['id']}")).contents[0].text
+        )
         task_doc = json.loads((await admin.read_resource(f"agentfleet://tasks/{task['id']}")).contents[0].text)
     assert agent_doc["id"] == agent["agent"]["id"] and agent_doc["children"] == []
     assert task_doc["payload"] == {"x": 1}

@@ -35,8 +35,9 @@ async def drain(services, token: str) -> list[str]:
 
 
 async def main(url: str, tokens: list[str]) -> None:
-    settings = Settings(data_dir=Path(tempfile.mkdtemp()), database_url=url,
-                        profiles_dir=Path(__file__).parents[1] / "profiles")
+    settings = Settings(
+        data_dir=Path(tempfile.mkdtemp()), database_url=url, profiles_dir=Path(__file__).parents[1] / "profiles"
+    )
     services = build_services(settings, ADMIN, run_migrations=False)
     try:
         results = await asyncio.gather(*(drain(services, t) for t in tokens))
