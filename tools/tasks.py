@@ -123,9 +123,6 @@ def register(mcp: MCPServer) -> None:
         wait_s: Annotated[
             float, Field(ge=0, le=60, description="long-poll: wait up to this long for a task (0: answer at once)")
         ] = 0,
-        lease_s: Annotated[
-            int | None, Field(ge=5, le=3600, description="lease length for this claim; default the task's")
-        ] = None,
     ) -> ClaimResult:
         """Take the next task this agent can run (agent token only): the highest-priority queued task
         whose capabilities the agent has, FIFO within a priority, leased to the agent until
@@ -134,7 +131,7 @@ def register(mcp: MCPServer) -> None:
         Returns task=null with reason 'none_available', or 'at_capacity' when the agent already
         holds its profile's max_concurrency leases."""
         principal = await caller(ctx)
-        return await services_of(ctx).leases.claim(principal, wait_s, lease_s)
+        return await services_of(ctx).leases.claim(principal, wait_s)
 
     @mcp.tool(annotations=WRITES)
     async def task_heartbeat(

@@ -21,5 +21,5 @@ async def background_loops(services: Services) -> AsyncIterator[None]:
         try:
             yield
         finally:
-            services.signals.wake_all()
+            services.signals.close()
             group.cancel_scope.cancel()

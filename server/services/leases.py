@@ -98,8 +98,7 @@ class LeaseService:
                 status=TaskStatus.RUNNING.value,
                 agent_id=bindparam("me"),
                 attempts=tasks.c.attempts + 1,
-                lease_expires_at=bindparam("now", type_=BigInteger)
-                + func.coalesce(bindparam("lease_us", type_=BigInteger), _LEASE_US),
+                lease_expires_at=bindparam("now", type_=BigInteger) + _LEASE_US,
                 started_at=func.coalesce(tasks.c.started_at, bindparam("now", type_=BigInteger)),
                 updated_at=bindparam("now", type_=BigInteger),
                 progress=None,
@@ -118,18 +117,18 @@ class LeaseService:
             self._lapsed = self._lapsed.with_for_update(skip_locked=True)
 
     # -- claim ---------------------------------------------------------------------------------
-    async def claim(self, principal: Principal, wait_s: float = 0, lease_s: int | None = None) -> ClaimResult:
+    async def claim(self, principal: Principal, wait_s: float = 0) -> ClaimResult:
         agent_id = _require_agent(principal)
         deadline = time.monotonic() + wait_s
-        outcome = await self._db.write(self._claim_tx, principal, lease_s)
+        outcome = await self._db.write(self._claim_tx, principal)
         if outcome.task is not None or outcome.at_capacity or wait_s <= 0:
             return self._result(outcome)
         with self._signals.park(agent_id, outcome.capabilities) as waiter:
             while True:
                 # Re-check after parking: a task queued since the first try has no one to wake.
-                outcome = await self._db.write(self._claim_tx, principal, lease_s)
+                outcome = await self._db.write(self._claim_tx, principal)
                 remaining = deadline - time.monotonic()
-                if outcome.task is not None or outcome.at_capacity or remaining <= 0:
+                if outcome.task is not None or outcome.at_capacity or remaining <= 0 or self._signals.closed:
                     return self._result(outcome)
                 await waiter.wait(min(remaining, self._recheck_s))
 
@@ -139,7 +138,7 @@ class LeaseService:
             return ClaimResult(task=outcome.task)
         return ClaimResult(task=None, reason="at_capacity" if outcome.at_capacity else "none_available")
 
-    def _claim_tx(self, conn: Connection, principal: Principal, lease_s: int | None) -> _ClaimOutcome:
+    def _claim_tx(self, conn: Connection, principal: Principal) -> _ClaimOutcome:
         now = self._clock.now_us()
         agent_id = principal.id
         agent = conn.execute(self._touch_agent, {"me": agent_id, "now": now}).first()
@@ -153,10 +152,7 @@ class LeaseService:
         ).first()
         if candidate is None:
             return _ClaimOutcome(None, capabilities)
-        lease_us = lease_s * MICROS if lease_s is not None else None
-        row = conn.execute(
-            self._take, {"task_id": candidate.id, "me": agent_id, "now": now, "lease_us": lease_us}
-        ).first()
+        row = conn.execute(self._take, {"task_id": candidate.id, "me": agent_id, "now": now}).first()
         if row is None:  # taken between select and update: only possible without row locks
             return _ClaimOutcome(None, capabilities)
         conn.execute(

@@ -36,6 +36,7 @@ class TaskSignals:
         self.origin = uuid.uuid4().hex[:12]  # tells our own PostgreSQL notifications from others'
         self._waiters: list[Waiter] = []
         self._timers: set[asyncio.TimerHandle] = set()
+        self.closed = False  # shutting down: parked claims return instead of waiting again
 
     @property
     def parked(self) -> int:
@@ -75,6 +76,7 @@ class TaskSignals:
             waiter.event.set()
 
     def close(self) -> None:
+        self.closed = True
         for handle in self._timers:
             handle.cancel()
         self._timers.clear()

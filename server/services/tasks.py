@@ -121,18 +121,24 @@ class TaskService:
             backoff_cap_ms=int(spec.backoff_cap_s * 1000),
             unroutable=unroutable,
         )
-        try:
-            with conn.begin_nested():
-                conn.execute(tasks.insert().values(**values))
-        except IntegrityError:
-            # Another replica inserted the same idempotency key between our check and insert.
-            existing = conn.execute(select(tasks).where(tasks.c.idempotency_key == spec.idempotency_key)).first()
-            if existing is None:
-                raise
-            return self._replay(existing, digest, spec.idempotency_key or "")
+        insert = tasks.insert().values(**values).returning(*tasks.c)
+        if spec.idempotency_key is None:
+            row = conn.execute(insert).one()
+        else:
+            try:
+                with conn.begin_nested():  # a savepoint only where a unique-key race is possible
+                    row = conn.execute(insert).one()
+            except IntegrityError:
+                # Another replica inserted the same idempotency key between our check and insert.
+                existing = conn.execute(
+                    select(tasks).where(tasks.c.idempotency_key == spec.idempotency_key)
+                ).first()
+                if existing is None:
+                    raise
+                return self._replay(existing, digest, spec.idempotency_key)
         announce_ready(conn, self._signals, list(spec.capabilities), spec.pinned_agent_id, ready_at)
         audit.record(conn, now, principal, "task.submit", task_id, {"type": spec.type})
-        return task_view(conn.execute(select(tasks).where(tasks.c.id == task_id)).one())
+        return task_view(row)
 
     def _routable(self, conn: Connection, spec: TaskSpec) -> bool:
         """Can some live agent, or some profile an agent could be spawned from, take this task?"""

@@ -63,7 +63,7 @@ BAD_CALLS: list[tuple[str, dict[str, Any], str]] = [
     ("task_submit", {"type": "build", "capabilities": ["quantum"]}, "invalid_input"),
     ("task_claim", {}, "invalid_input"),  # the admin is not an agent
     ("task_claim", {"wait_s": 600}, "invalid_input"),
-    ("task_claim", {"lease_s": 1}, "invalid_input"),
+    ("task_claim", {"wait_s": -1}, "invalid_input"),
     ("task_heartbeat", {"task_id": "tsk_0000NOSUCHTASK", "progress": 150}, "invalid_input"),
     ("task_heartbeat", {"task_id": "tsk_0000NOSUCHTASK"}, "invalid_input"),
     ("task_complete", {"task_id": "nope"}, "invalid_input"),
