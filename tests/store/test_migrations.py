@@ -40,3 +40,43 @@ def test_sqlite_store_runs_in_wal_mode(tmp_path):
             assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
     finally:
         engine.dispose()
+
+
+def test_upgrading_a_populated_store_keeps_its_tasks_claimable(database_url):
+    """A store with work queued under the first schema upgrades to head with that work intact."""
+    from alembic import command
+    from sqlalchemy import select, text
+
+    from server.store.tables import agents, tasks
+
+    engine = create_store_engine(database_url)
+    try:
+        config = migrate.alembic_config()
+        with engine.connect() as conn:
+            config.attributes["connection"] = conn
+            command.downgrade(config, "base")  # the test store may arrive migrated; start from nothing
+            command.upgrade(config, "0001")
+            conn.execute(
+                text(
+                    "INSERT INTO orch_agents (id, name, profile, profile_version, runtime, capabilities, depth, "
+                    "status, created_by, created_at, labels) VALUES ('agt_OLD', 'old', 'default', '1.0.0', "
+                    "'external', '[\"general\"]', 0, 'active', 'admin', 5, '{}')"
+                )
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO orch_tasks (id, type, payload, capabilities, priority, status, submitted_by, "
+                    "created_at, updated_at, attempts, max_attempts, cancel_requested, spec_hash) VALUES "
+                    "('tsk_OLD', 'legacy', '{}', '[]', 1, 'queued', 'admin', 7, 7, 0, 3, false, 'h')"
+                )
+            )
+            conn.commit()
+            command.upgrade(config, "head")
+            conn.commit()
+            task = conn.execute(select(tasks).where(tasks.c.id == "tsk_OLD")).one()
+            agent = conn.execute(select(agents).where(agents.c.id == "agt_OLD")).one()
+        assert (task.ready_at, task.lease_s, task.unroutable, task.status) == (7, 60, False, "queued")
+        assert task.dispatch_key == 1 * 600_000_000 + 7
+        assert agent.max_concurrency == 1
+    finally:
+        engine.dispose()
