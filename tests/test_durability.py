@@ -91,7 +91,7 @@ async def _acknowledge_work(
 
 
 async def test_sigkill_then_restart_keeps_every_acknowledged_agent_and_task(
-    serve: ServeFactory, database_url: str, tmp_path: Path
+    database_url: str, serve: ServeFactory, tmp_path: Path  # database_url first: servers stop before it is dropped
 ) -> None:
     data_dir = tmp_path / "data"
     first = serve(database_url, data_dir=data_dir)
