@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import BigInteger, Connection, Row, bindparam, cast, func, select, text, update
+from sqlalchemy import BigInteger, Connection, Row, SmallInteger, Text, bindparam, cast, func, select, text, update
 
 from server.clock import MICROS, Clock, to_iso
 from server.domain.backoff import Random, backoff_delay_us
@@ -25,7 +25,7 @@ from server.domain.statuses import LIVE_AGENT_STATUSES, AgentStatus, TaskStatus
 from server.domain.views import ClaimResult, TaskLease, TaskView
 from server.errors import Conflict, InvalidInput, LeaseExpired, NotFound, PermissionDenied
 from server.services import audit
-from server.services.signals import TaskSignals
+from server.services.signals import TaskSignals, Waiter
 from server.services.task_rows import task_view
 from server.services.tasks import announce_ready
 from server.store.database import Database
@@ -36,6 +36,45 @@ _LIVE = [s.value for s in LIVE_AGENT_STATUSES]
 _REAP_BATCH = 200
 # Microsecond arithmetic overflows 32-bit integers: keep every term BIGINT on PostgreSQL.
 _LEASE_US = cast(tasks.c.lease_s, BigInteger) * MICROS
+
+# Built once and executed with parameter dicts (bind names avoid column names).
+_HELD_BY = (
+    tasks.c.id == bindparam("b_task"),
+    tasks.c.status == TaskStatus.RUNNING.value,
+    tasks.c.agent_id == bindparam("b_agent"),
+    tasks.c.lease_expires_at > bindparam("b_now", type_=BigInteger),
+)
+_RENEW = (
+    update(tasks)
+    .where(*_HELD_BY)
+    .values(
+        lease_expires_at=bindparam("b_now", type_=BigInteger) + _LEASE_US,
+        updated_at=bindparam("b_now", type_=BigInteger),
+        progress=func.coalesce(bindparam("b_progress", type_=SmallInteger), tasks.c.progress),
+        progress_message=func.coalesce(bindparam("b_message", type_=Text), tasks.c.progress_message),
+    )
+    .returning(tasks.c.lease_expires_at, tasks.c.cancel_requested, tasks.c.progress)
+)
+_COMPLETE = (
+    update(tasks)
+    .where(*_HELD_BY)
+    .values(
+        status=TaskStatus.COMPLETED.value,
+        result=bindparam("b_result", type_=tasks.c.result.type),
+        usage=bindparam("b_usage", type_=tasks.c.usage.type),
+        finished_at=bindparam("b_now", type_=BigInteger),
+        updated_at=bindparam("b_now", type_=BigInteger),
+        lease_expires_at=None,
+        progress=100,
+    )
+    .returning(*tasks.c)
+)
+_START_ATTEMPT = task_attempts.insert()
+_END_ATTEMPT = (
+    update(task_attempts)
+    .where(task_attempts.c.task_id == bindparam("b_task"), task_attempts.c.number == bindparam("b_number"))
+    .values(ended_at=bindparam("b_now", type_=BigInteger), outcome=bindparam("b_outcome"), error=bindparam("b_error"))
+)
 
 
 @dataclass(frozen=True)
@@ -50,6 +89,10 @@ class _Requeued:
     capabilities: list[str]
     pinned: str | None
     ready_at: int
+
+
+def _held(task_id: str, agent_id: str, now: int) -> dict[str, Any]:
+    return {"b_task": task_id, "b_agent": agent_id, "b_now": now}
 
 
 def _require_agent(principal: Principal) -> str:
@@ -82,31 +125,24 @@ class LeaseService:
             .where(tasks.c.agent_id == bindparam("me"), tasks.c.status == TaskStatus.RUNNING.value)
         )
         # Literal 'queued' so SQLite can use the partial queue index; the capability test runs in SQL.
-        candidate = (
+        head = (
             "SELECT id FROM orch_tasks WHERE status = 'queued' AND ready_at <= :now "
             "AND (pinned_agent_id IS NULL OR pinned_agent_id = :me) AND "
             + json_subset(dialect, "orch_tasks.capabilities", ":caps")
             + " ORDER BY dispatch_key, id LIMIT 1"
         )
+        self._claimable = text(head)
         if dialect == "postgresql":
-            candidate += " FOR UPDATE SKIP LOCKED"
-        self._candidate = text(candidate)
-        self._take = (
-            update(tasks)
-            .where(tasks.c.id == bindparam("task_id"), tasks.c.status == TaskStatus.QUEUED.value)
-            .values(
-                status=TaskStatus.RUNNING.value,
-                agent_id=bindparam("me"),
-                attempts=tasks.c.attempts + 1,
-                lease_expires_at=bindparam("now", type_=BigInteger) + _LEASE_US,
-                started_at=func.coalesce(tasks.c.started_at, bindparam("now", type_=BigInteger)),
-                updated_at=bindparam("now", type_=BigInteger),
-                progress=None,
-                progress_message=None,
-                unroutable=False,
-            )
-            .returning(*tasks.c)
-        )
+            head += " FOR UPDATE SKIP LOCKED"  # concurrent claimers take the next row, never wait
+        # One statement finds the head of this agent's queue and leases it.
+        self._take_head = text(
+            "UPDATE orch_tasks SET status = 'running', agent_id = :me, attempts = attempts + 1, "
+            "lease_expires_at = :now + CAST(lease_s AS BIGINT) * 1000000, "
+            "started_at = COALESCE(started_at, :now), updated_at = :now, progress = NULL, "
+            "progress_message = NULL, unroutable = false "
+            f"WHERE id = ({head}) AND status = 'queued' "
+            "RETURNING " + ", ".join(c.name for c in tasks.c)
+        ).columns(*tasks.c)
         self._lapsed = (
             select(tasks.c.id)
             .where(tasks.c.status == TaskStatus.RUNNING.value, tasks.c.lease_expires_at <= bindparam("now"))
@@ -119,18 +155,34 @@ class LeaseService:
     # -- claim ---------------------------------------------------------------------------------
     async def claim(self, principal: Principal, wait_s: float = 0) -> ClaimResult:
         agent_id = _require_agent(principal)
+        if wait_s <= 0:
+            return self._result(await self._db.write(self._claim_tx, principal))
         deadline = time.monotonic() + wait_s
-        outcome = await self._db.write(self._claim_tx, principal)
-        if outcome.task is not None or outcome.at_capacity or wait_s <= 0:
-            return self._result(outcome)
-        with self._signals.park(agent_id, outcome.capabilities) as waiter:
+        # Parked before the first attempt, so work queued during it still wakes us.
+        with self._signals.park(agent_id, capabilities=None) as waiter:
             while True:
-                # Re-check after parking: a task queued since the first try has no one to wake.
                 outcome = await self._db.write(self._claim_tx, principal)
-                remaining = deadline - time.monotonic()
-                if outcome.task is not None or outcome.at_capacity or remaining <= 0 or self._signals.closed:
+                waiter.capabilities = outcome.capabilities
+                if outcome.task is not None or outcome.at_capacity or not await self._wait_for_work(waiter, deadline):
                     return self._result(outcome)
-                await waiter.wait(min(remaining, self._recheck_s))
+
+    async def _wait_for_work(self, waiter: Waiter, deadline: float) -> bool:
+        """True when a claim is worth trying: woken, or a safety re-check (a read, at a jittered
+        interval so parked claims do not re-check in waves) sees claimable work. False at the
+        deadline or at shutdown."""
+        while not self._signals.closed:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            if await waiter.wait(min(remaining, self._recheck_s * self._rng.uniform(0.5, 1.5))):
+                return True
+            if await self._db.read(self._claimable_tx, waiter.agent_id, waiter.capabilities or frozenset()):
+                return True
+        return False
+
+    def _claimable_tx(self, conn: Connection, agent_id: str, capabilities: frozenset[str]) -> bool:
+        params = {"now": self._clock.now_us(), "me": agent_id, "caps": json.dumps(sorted(capabilities))}
+        return conn.execute(self._claimable, params).first() is not None
 
     @staticmethod
     def _result(outcome: _ClaimOutcome) -> ClaimResult:
@@ -147,16 +199,13 @@ class LeaseService:
         capabilities = frozenset(agent.capabilities)
         if conn.execute(self._held, {"me": agent_id}).scalar_one() >= agent.max_concurrency:
             return _ClaimOutcome(None, capabilities, at_capacity=True)
-        candidate = conn.execute(
-            self._candidate, {"now": now, "me": agent_id, "caps": json.dumps(sorted(capabilities))}
+        row = conn.execute(
+            self._take_head, {"now": now, "me": agent_id, "caps": json.dumps(sorted(capabilities))}
         ).first()
-        if candidate is None:
-            return _ClaimOutcome(None, capabilities)
-        row = conn.execute(self._take, {"task_id": candidate.id, "me": agent_id, "now": now}).first()
-        if row is None:  # taken between select and update: only possible without row locks
+        if row is None:
             return _ClaimOutcome(None, capabilities)
         conn.execute(
-            task_attempts.insert().values(task_id=row.id, number=row.attempts, agent_id=agent_id, started_at=now)
+            _START_ATTEMPT, {"task_id": row.id, "number": row.attempts, "agent_id": agent_id, "started_at": now}
         )
         audit.record(conn, now, principal, "task.claim", row.id, {"attempt": row.attempts})
         return _ClaimOutcome(task_view(row), capabilities)
@@ -172,16 +221,8 @@ class LeaseService:
         self, conn: Connection, agent_id: str, task_id: str, progress: int | None, message: str | None
     ) -> TaskLease:
         now = self._clock.now_us()
-        values: dict[str, Any] = {"lease_expires_at": cast(now, BigInteger) + _LEASE_US, "updated_at": now}
-        if progress is not None:
-            values["progress"] = progress
-        if message is not None:
-            values["progress_message"] = message
         row = conn.execute(
-            update(tasks)
-            .where(*self._held_by(task_id, agent_id, now))
-            .values(**values)
-            .returning(tasks.c.lease_expires_at, tasks.c.cancel_requested, tasks.c.progress)
+            _RENEW, {**_held(task_id, agent_id, now), "b_progress": progress, "b_message": message}
         ).first()
         if row is None:
             self._explain_not_held(conn, task_id, agent_id, now)
@@ -190,15 +231,6 @@ class LeaseService:
             lease_expires_at=to_iso(row.lease_expires_at) or "",
             cancel_requested=row.cancel_requested,
             progress=row.progress,
-        )
-
-    @staticmethod
-    def _held_by(task_id: str, agent_id: str, now: int) -> tuple[Any, ...]:
-        return (
-            tasks.c.id == task_id,
-            tasks.c.status == TaskStatus.RUNNING.value,
-            tasks.c.agent_id == agent_id,
-            tasks.c.lease_expires_at > now,
         )
 
     @staticmethod
@@ -227,20 +259,7 @@ class LeaseService:
     def _complete_tx(self, conn: Connection, principal: Principal, task_id: str, result: Any, usage: Any) -> TaskView:
         now = self._clock.now_us()
         agent_id = principal.id
-        row = conn.execute(
-            update(tasks)
-            .where(*self._held_by(task_id, agent_id, now))
-            .values(
-                status=TaskStatus.COMPLETED.value,
-                result=result,
-                usage=usage,
-                finished_at=now,
-                updated_at=now,
-                lease_expires_at=None,
-                progress=100,
-            )
-            .returning(*tasks.c)
-        ).first()
+        row = conn.execute(_COMPLETE, {**_held(task_id, agent_id, now), "b_result": result, "b_usage": usage}).first()
         if row is None:
             self._explain_not_held(conn, task_id, agent_id, now)
         self._end_attempt(conn, row.id, row.attempts, now, "completed", None)
@@ -258,7 +277,7 @@ class LeaseService:
     ) -> tuple[TaskView, _Requeued | None]:
         now = self._clock.now_us()
         agent_id = principal.id
-        query = select(tasks).where(*self._held_by(task_id, agent_id, now))
+        query = select(tasks).where(*_HELD_BY).params(_held(task_id, agent_id, now))
         if conn.dialect.name == "postgresql":
             query = query.with_for_update()
         row = conn.execute(query).first()
@@ -365,9 +384,8 @@ class LeaseService:
     @staticmethod
     def _end_attempt(conn: Connection, task_id: str, number: int, now: int, outcome: str, error: str | None) -> None:
         conn.execute(
-            update(task_attempts)
-            .where(task_attempts.c.task_id == task_id, task_attempts.c.number == number)
-            .values(ended_at=now, outcome=outcome, error=error)
+            _END_ATTEMPT,
+            {"b_task": task_id, "b_number": number, "b_now": now, "b_outcome": outcome, "b_error": error},
         )
 
     def announce_requeued(self, released: list[_Requeued | None]) -> None:

@@ -16,11 +16,13 @@ from server.clock import MICROS
 @dataclass(eq=False)
 class Waiter:
     agent_id: str
-    capabilities: frozenset[str]
+    capabilities: frozenset[str] | None  # None until the first claim attempt has read them: match all
     event: asyncio.Event = field(default_factory=asyncio.Event)
 
     def matches(self, required: frozenset[str], pinned: str | None) -> bool:
-        return (pinned is None or pinned == self.agent_id) and required <= self.capabilities
+        if pinned is not None and pinned != self.agent_id:
+            return False
+        return self.capabilities is None or required <= self.capabilities
 
     async def wait(self, timeout: float) -> bool:
         try:
@@ -43,7 +45,7 @@ class TaskSignals:
         return len(self._waiters)
 
     @contextmanager
-    def park(self, agent_id: str, capabilities: frozenset[str]) -> Iterator[Waiter]:
+    def park(self, agent_id: str, capabilities: frozenset[str] | None) -> Iterator[Waiter]:
         waiter = Waiter(agent_id, capabilities)
         self._waiters.append(waiter)
         try:
@@ -55,15 +57,19 @@ class TaskSignals:
     def task_ready(self, required: frozenset[str], pinned: str | None, ready_at_us: int, now_us: int) -> None:
         """A task became claimable (or will at ready_at). Wake one waiter that can take it."""
         delay = (ready_at_us - now_us) / MICROS
-        if delay > 0:
-            loop = asyncio.get_running_loop()
-            handle = loop.call_later(delay, self._wake_one, required, pinned)
-            self._timers.add(handle)
+        if delay <= 0:
+            self._wake_one(required, pinned)
             return
-        self._wake_one(required, pinned)
+        handle: asyncio.TimerHandle
+
+        def fire() -> None:
+            self._timers.discard(handle)
+            self._wake_one(required, pinned)
+
+        handle = asyncio.get_running_loop().call_later(delay, fire)
+        self._timers.add(handle)
 
     def _wake_one(self, required: frozenset[str], pinned: str | None) -> None:
-        self._timers = {t for t in self._timers if not t.cancelled() and t.when() > asyncio.get_running_loop().time()}
         for index, waiter in enumerate(self._waiters):
             if not waiter.event.is_set() and waiter.matches(required, pinned):
                 # Move it to the back: the next task goes to the next waiter.

@@ -13,7 +13,8 @@ from server.store.tables import task_attempts
 
 
 def task_view(row: Row[Any], attempts: list[AttemptView] | None = None) -> TaskView:
-    return TaskView(
+    # model_construct: the row already satisfies every constraint the model states.
+    return TaskView.model_construct(
         id=row.id,
         type=row.type,
         payload=row.payload,

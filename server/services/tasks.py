@@ -28,6 +28,7 @@ from server.store.dialect import TASK_CHANNEL, json_subset, notify
 from server.store.tables import agents, tasks
 
 _LIVE = [s.value for s in LIVE_AGENT_STATUSES]
+_INSERT_TASK = tasks.insert().returning(*tasks.c)
 _QUEUE_CANCELLABLE = [s.value for s in task_sources(TaskStatus.CANCELLED) if s is not TaskStatus.RUNNING]
 
 
@@ -121,18 +122,15 @@ class TaskService:
             backoff_cap_ms=int(spec.backoff_cap_s * 1000),
             unroutable=unroutable,
         )
-        insert = tasks.insert().values(**values).returning(*tasks.c)
         if spec.idempotency_key is None:
-            row = conn.execute(insert).one()
+            row = conn.execute(_INSERT_TASK, values).one()
         else:
             try:
                 with conn.begin_nested():  # a savepoint only where a unique-key race is possible
-                    row = conn.execute(insert).one()
+                    row = conn.execute(_INSERT_TASK, values).one()
             except IntegrityError:
                 # Another replica inserted the same idempotency key between our check and insert.
-                existing = conn.execute(
-                    select(tasks).where(tasks.c.idempotency_key == spec.idempotency_key)
-                ).first()
+                existing = conn.execute(select(tasks).where(tasks.c.idempotency_key == spec.idempotency_key)).first()
                 if existing is None:
                     raise
                 return self._replay(existing, digest, spec.idempotency_key)
