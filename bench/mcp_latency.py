@@ -47,6 +47,7 @@ def note(message: str) -> None:
 
 # -- server child ----------------------------------------------------------------------------------
 
+
 def add_noop(mcp: Any) -> None:
     """The baseline: a tool that does nothing, on the same server, through the same stack."""
 
@@ -58,8 +59,9 @@ def add_noop(mcp: Any) -> None:
 
 def serve(args: argparse.Namespace) -> int:
     # Before MCPServer is built: it calls logging.basicConfig itself.
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.WARNING, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     import uvicorn
 
     from server.http.app import create_app
@@ -68,13 +70,28 @@ def serve(args: argparse.Namespace) -> int:
 
     token = os.environ[TOKEN_ENV]
     # env={}: the bench's settings come from its flags only, never from the caller's AGENTFLEET_*.
-    settings = load_settings(env={}, data_dir=args.data_dir, database_url=args.database_url,
-                             host="127.0.0.1", port=args.port, admin_token=token, log_level="warning")
+    settings = load_settings(
+        env={},
+        data_dir=args.data_dir,
+        database_url=args.database_url,
+        host="127.0.0.1",
+        port=args.port,
+        admin_token=token,
+        log_level="warning",
+    )
     services = build_services(settings, token)
     try:
         app = create_app(services, configure_mcp=add_noop)
-        config = uvicorn.Config(app, host=settings.host, port=settings.port, loop="uvloop", http="httptools",
-                                log_level="warning", access_log=False, lifespan="on")
+        config = uvicorn.Config(
+            app,
+            host=settings.host,
+            port=settings.port,
+            loop="uvloop",
+            http="httptools",
+            log_level="warning",
+            access_log=False,
+            lifespan="on",
+        )
         uvicorn.Server(config).run()
     finally:
         services.close()
@@ -82,6 +99,7 @@ def serve(args: argparse.Namespace) -> int:
 
 
 # -- parent: child management ----------------------------------------------------------------------
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -128,8 +146,12 @@ def server_child(database_url: str | None, token: str) -> Iterator[str]:
     proc: subprocess.Popen[bytes] | None = None
     try:
         # The child's stdout goes to our stderr: our stdout holds only the JSON result.
-        proc = subprocess.Popen(cmd, stdout=sys.stderr, env={**os.environ, TOKEN_ENV: token},
-                                cwd=str(Path(__file__).resolve().parent.parent))
+        proc = subprocess.Popen(
+            cmd,
+            stdout=sys.stderr,
+            env={**os.environ, TOKEN_ENV: token},
+            cwd=str(Path(__file__).resolve().parent.parent),
+        )
         base_url = f"http://127.0.0.1:{port}"
         wait_healthy(proc, base_url)
         note(f"server child pid {proc.pid} healthy at {base_url}")
@@ -141,6 +163,7 @@ def server_child(database_url: str | None, token: str) -> Iterator[str]:
 
 
 # -- parent: measuring -----------------------------------------------------------------------------
+
 
 def tool_args(tool: str, i: int) -> dict[str, Any]:
     if tool == "task_submit":
@@ -172,34 +195,41 @@ async def run_mode(base_url: str, token: str, mode: str, calls: int, warmup: int
     from mcp.client.streamable_http import streamable_http_client
 
     counter = 0
+    tasks_seen: list[int] = []
     samples: dict[str, list[int]] = {tool: [] for tool in TOOLS}
 
-    async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=30) as http:
-        async with Client(streamable_http_client(f"{base_url}/mcp", http_client=http), mode=mode) as client:
-            protocol = client.protocol_version
+    http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=30)
+    async with http, Client(streamable_http_client(f"{base_url}/mcp", http_client=http), mode=mode) as client:
+        protocol = client.protocol_version
 
-            async def call(tool: str) -> int:
-                nonlocal counter
-                counter += 1
-                args = tool_args(tool, counter)
-                started = time.perf_counter_ns()
-                result = await client.call_tool(tool, args)
-                elapsed = time.perf_counter_ns() - started
-                if result.is_error or result.structured_content is None:
-                    text = result.content[0].text if result.content else "no content"
-                    raise RuntimeError(f"{tool} failed in mode {mode}: {text}")
-                return elapsed
+        async def call(tool: str) -> int:
+            nonlocal counter
+            counter += 1
+            args = tool_args(tool, counter)
+            started = time.perf_counter_ns()
+            result = await client.call_tool(tool, args)
+            elapsed = time.perf_counter_ns() - started
+            if result.is_error or result.structured_content is None:
+                text = result.content[0].text if result.content else "no content"
+                raise RuntimeError(f"{tool} failed in mode {mode}: {text}")
+            if tool == "fleet_status":
+                # fleet_status scans the task table, so its cost grows with the rows in the store.
+                tasks_seen.append(result.structured_content["totals"]["tasks"])
+            return elapsed
 
-            # Round-robin, rotating which tool goes first, so drift and after-effects of one call
-            # (GC, WAL checkpoints, pool churn) fall on every tool alike.
-            for i in range(warmup):
-                for tool in TOOLS[i % 3:] + TOOLS[:i % 3]:
-                    await call(tool)
-            for i in range(calls):
-                for tool in TOOLS[i % 3:] + TOOLS[:i % 3]:
-                    samples[tool].append(await call(tool))
+        # Round-robin, rotating which tool goes first, so drift and after-effects of one call
+        # (GC, WAL checkpoints, pool churn) fall on every tool alike.
+        for i in range(warmup):
+            for tool in TOOLS[i % 3 :] + TOOLS[: i % 3]:
+                await call(tool)
+        for i in range(calls):
+            for tool in TOOLS[i % 3 :] + TOOLS[: i % 3]:
+                samples[tool].append(await call(tool))
 
-    result: dict[str, Any] = {"protocol_version": protocol}
+    result: dict[str, Any] = {
+        "protocol_version": protocol,
+        "store_tasks": {"first": tasks_seen[0], "last": tasks_seen[-1]},
+    }
     for tool in TOOLS:
         result[tool] = summarise(samples[tool])
     noop_p50 = result[NOOP]["p50_ms"]
@@ -248,17 +278,23 @@ def bench(args: argparse.Namespace) -> int:
         raise SystemExit(f"--modes takes a comma list of {sorted(PROTOCOLS)}; got {args.modes!r}")
     token = new_admin_token()
     results: dict[str, Any] = {}
+    load_before = os.getloadavg()
     with server_child(args.database_url, token) as base_url:
         for mode in modes:
-            note(f"mode={mode}: {args.warmup} warm-up and {args.calls} measured calls per tool "
-                 f"({', '.join(TOOLS)}), round-robin")
-            results[mode] = anyio.run(run_mode, base_url, token, mode, args.calls, args.warmup,
-                                      backend_options={"use_uvloop": True})
+            note(
+                f"mode={mode}: {args.warmup} warm-up and {args.calls} measured calls per tool "
+                f"({', '.join(TOOLS)}), round-robin"
+            )
+            results[mode] = anyio.run(
+                run_mode, base_url, token, mode, args.calls, args.warmup, backend_options={"use_uvloop": True}
+            )
             r = results[mode]
-            note(f"mode={mode} ({r['protocol_version']}): " + "; ".join(
-                f"{t} p50 {r[t]['p50_ms']} ms p99 {r[t]['p99_ms']} ms" for t in TOOLS)
+            note(
+                f"mode={mode} ({r['protocol_version']}): "
+                + "; ".join(f"{t} p50 {r[t]['p50_ms']} ms p99 {r[t]['p99_ms']} ms" for t in TOOLS)
                 + f"; task_submit/noop p50 = {r['task_submit_p50_ratio']} "
-                + ("(goal met)" if r["goal_met"] else f"(goal <= {GOAL_RATIO} MISSED)"))
+                + ("(goal met)" if r["goal_met"] else f"(goal <= {GOAL_RATIO} MISSED)")
+            )
     out = {
         "bench": "mcp_latency",
         "store": store_name(args.database_url),
@@ -268,7 +304,12 @@ def bench(args: argparse.Namespace) -> int:
         "results": results,
         "goal": f"task_submit p50 <= {GOAL_RATIO} x {NOOP} p50",
         "goal_met": all(r["goal_met"] for r in results.values()),
-        "machine": machine(),
+        "machine": {
+            **machine(),
+            # Other work on the machine inflates every figure (the ratio less so): check these.
+            "loadavg_1m_before": round(load_before[0], 2),
+            "loadavg_1m_after": round(os.getloadavg()[0], 2),
+        },
     }
     print(json.dumps(out))
     return 0
@@ -279,8 +320,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calls", type=int, default=2000, help="measured calls per tool (default 2000)")
     parser.add_argument("--warmup", type=int, default=200, help="warm-up rounds, not measured (default 200)")
     parser.add_argument("--database-url", help="postgresql://… (default: SQLite in a temporary data dir)")
-    parser.add_argument("--modes", default="legacy,auto",
-                        help="protocol eras: legacy (2025-11-25), auto (2026-07-28); default both")
+    parser.add_argument(
+        "--modes", default="legacy,auto", help="protocol eras: legacy (2025-11-25), auto (2026-07-28); default both"
+    )
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)  # the child process
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--data-dir", help=argparse.SUPPRESS)

@@ -32,10 +32,10 @@ def _by_id(items: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 def _differences(
     found: dict[str, Any], acknowledged: dict[str, Any], ignore: set[str] | frozenset[str] = frozenset()
 ) -> dict[str, tuple[Any, Any]]:
-    """{field: (after restart, as acknowledged)} for every field that differs."""
+    """{field: (after restart, as acknowledged)} for every acknowledged field that differs."""
     return {
         k: (found.get(k), acknowledged.get(k))
-        for k in (found.keys() | acknowledged.keys()) - ignore
+        for k in acknowledged.keys() - ignore
         if found.get(k) != acknowledged.get(k)
     }
 
@@ -63,26 +63,27 @@ async def _acknowledge_work(
         terminated = set((await call(admin, "agent_terminate", agent_id=ids[2]))["terminated"])
 
         for i in range(8):
+            payload = {"n": i, "nested": {"list": [1, 2.5, "três"], "flag": i % 2 == 0}}
             task = await call(
                 admin,
                 "task_submit",
                 type=f"job.{i % 3}",
                 priority=PRIORITIES[i % 4],
-                payload={"n": i, "nested": {"list": [1, 2.5, "três"], "flag": i % 2 == 0}},
+                payload=payload,
                 capabilities=["code"] if i % 2 else [],
                 max_attempts=1 + i % 5,
                 idempotency_key=f"durable-{i}" if i < 3 else None,
             )
-            tasks[task["id"]] = task
+            tasks[task["id"]] = {**task, "payload": payload}  # the receipt acknowledges what was sent
         for task_id in list(tasks)[:2]:
             tasks[task_id] = await call(admin, "task_cancel", task_id=task_id, reason="durability check")
         async with server.mcp(tokens[ids[0]]) as agent:
             by_agent = await call(agent, "task_submit", type="child.work", payload={"from": "agent"})
-            tasks[by_agent["id"]] = by_agent
+            tasks[by_agent["id"]] = {**by_agent, "payload": {"from": "agent"}}
 
         async def submit(i: int) -> None:
             task = await call(admin, "task_submit", type="burst", payload={"i": i}, priority=PRIORITIES[i % 4])
-            tasks[task["id"]] = task
+            tasks[task["id"]] = {**task, "payload": {"i": i}}
 
         async with anyio.create_task_group() as group:  # acknowledged concurrently, then straight to SIGKILL
             for i in range(BURST):
@@ -91,7 +92,9 @@ async def _acknowledge_work(
 
 
 async def test_sigkill_then_restart_keeps_every_acknowledged_agent_and_task(
-    database_url: str, serve: ServeFactory, tmp_path: Path  # database_url first: servers stop before it is dropped
+    database_url: str,
+    serve: ServeFactory,
+    tmp_path: Path,  # database_url first: servers stop before it is dropped
 ) -> None:
     data_dir = tmp_path / "data"
     first = serve(database_url, data_dir=data_dir)

@@ -11,7 +11,7 @@ from pydantic import Field, ValidationError
 from server.domain.priority import Priority
 from server.domain.statuses import TaskStatus
 from server.domain.task_spec import TASK_TYPE_PATTERN, TaskSpec
-from server.domain.views import ClaimResult, TaskLease, TaskList, TaskView
+from server.domain.views import ClaimResult, TaskLease, TaskList, TaskReceipt, TaskView
 from server.errors import InvalidInput
 from tools.annotations import DESTRUCTIVE, READ_ONLY, WRITES
 from tools.context import FleetContext, caller, services_of
@@ -59,12 +59,13 @@ def register(mcp: MCPServer) -> None:
                 "capabilities (shown as unroutable in fleet_status)"
             ),
         ] = False,
-    ) -> TaskView:
+    ) -> TaskReceipt:
         """Queue a unit of work for the fleet. An agent whose capabilities include all of the task's
         claims it (task_claim), highest priority first, FIFO within a priority. A task no live agent
         and no profile could run is refused unless allow_unroutable. Failed attempts are retried
         with backoff up to max_attempts, then the task is dead. Poll task_get (or read
-        agentfleet://tasks/{id}) for its result."""
+        agentfleet://tasks/{id}) for its result. Returns a receipt (id, status, priority, ready_at, …),
+        not the payload you sent."""
         principal = await caller(ctx)
         try:
             spec = TaskSpec(
@@ -83,7 +84,7 @@ def register(mcp: MCPServer) -> None:
             )
         except ValidationError as exc:
             raise InvalidInput(f"task spec: {exc.errors()[0]['msg']}") from exc
-        return await services_of(ctx).tasks.submit(principal, spec)
+        return TaskReceipt.of(await services_of(ctx).tasks.submit(principal, spec))
 
     @mcp.tool(annotations=READ_ONLY)
     async def task_get(ctx: FleetContext, task_id: TaskId) -> TaskView:

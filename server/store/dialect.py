@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import Connection, text
 
 TASK_CHANNEL = "agentfleet_tasks"
+_NOTIFY = text("SELECT pg_notify(:channel, :payload)")
 
 
 def json_subset(dialect: str, small: str, big: str) -> str:

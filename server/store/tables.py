@@ -104,7 +104,8 @@ tasks = Table(
     # A running task always has a holder and a lease; only a running task has a lease.
     CheckConstraint("(status = 'running') = (lease_expires_at IS NOT NULL)", name="lease_iff_running"),
     CheckConstraint("status <> 'running' OR agent_id IS NOT NULL", name="running_has_holder"),
-    Index("ix_orch_tasks_status", "status"),
+    # fleet_status counts by (status, priority) from this index alone.
+    Index("ix_orch_tasks_status_priority", "status", "priority"),
     # The queue: only queued rows, in dispatch order.
     Index(
         "ix_orch_tasks_ready",

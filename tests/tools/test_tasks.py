@@ -9,9 +9,9 @@ from tests.helpers import call, call_error
 pytestmark = pytest.mark.anyio
 
 
-async def test_submit_then_get_shows_the_task_as_queued(connect):
+async def test_submit_returns_a_receipt_and_get_shows_the_queued_task(connect):
     async with connect() as admin:
-        task = await call(
+        receipt = await call(
             admin,
             "task_submit",
             type="review",
@@ -19,12 +19,15 @@ async def test_submit_then_get_shows_the_task_as_queued(connect):
             capabilities=["test", "code"],
             priority="high",
         )
-        assert task["id"].startswith("tsk_")
-        assert task["status"] == "queued" and task["priority"] == "high"
-        assert task["capabilities"] == ["code", "test"]
-        assert task["submitted_by"] == "admin" and task["attempts"] == 0 and task["max_attempts"] == 3
-        fetched = await call(admin, "task_get", task_id=task["id"])
-    assert fetched == {**task, "attempt_history": []}
+        assert receipt["id"].startswith("tsk_")
+        assert receipt["status"] == "queued" and receipt["priority"] == "high"
+        assert receipt["capabilities"] == ["code", "test"] and receipt["unroutable"] is False
+        assert "payload" not in receipt  # the receipt does not echo what was sent
+        task = await call(admin, "task_get", task_id=receipt["id"])
+    assert {k: task[k] for k in receipt} == receipt
+    assert task["payload"] == {"pr": 42, "files": ["a.py"]}
+    assert task["submitted_by"] == "admin" and task["attempts"] == 0 and task["max_attempts"] == 3
+    assert task["attempt_history"] == []
 
 
 async def test_idempotency_key_returns_the_same_task_and_refuses_another_spec(connect):
@@ -84,7 +87,7 @@ async def test_agents_see_and_cancel_only_their_own_tasks(connect):
         admins_task = await call(admin, "task_submit", type="build")
     async with connect(agent["token"]) as as_agent:
         own = await call(as_agent, "task_submit", type="review")
-        assert own["submitted_by"] == agent["agent"]["id"]
+        assert (await call(as_agent, "task_get", task_id=own["id"]))["submitted_by"] == agent["agent"]["id"]
         assert [t["id"] for t in (await call(as_agent, "task_list"))["tasks"]] == [own["id"]]
         assert (await call_error(as_agent, "task_get", task_id=admins_task["id"])).code == "not_found"
         assert (await call_error(as_agent, "task_cancel", task_id=admins_task["id"])).code == "not_found"

@@ -82,7 +82,7 @@ def upgrade() -> None:
             sqlite_where=sa.text("status = 'queued'"),
             postgresql_where=sa.text("status = 'queued'"),
         )
-        batch_op.create_index("ix_orch_tasks_status", ["status"], unique=False)
+        batch_op.create_index("ix_orch_tasks_status_priority", ["status", "priority"], unique=False)
         batch_op.create_check_constraint(
             op.f("ck_orch_tasks_progress"), "progress IS NULL OR progress BETWEEN 0 AND 100"
         )
@@ -99,7 +99,7 @@ def downgrade() -> None:
         batch_op.drop_constraint(op.f("ck_orch_tasks_running_has_holder"), type_="check")
         batch_op.drop_constraint(op.f("ck_orch_tasks_lease_iff_running"), type_="check")
         batch_op.drop_constraint(op.f("ck_orch_tasks_progress"), type_="check")
-        batch_op.drop_index("ix_orch_tasks_status")
+        batch_op.drop_index("ix_orch_tasks_status_priority")
         batch_op.drop_index(
             "ix_orch_tasks_ready",
             sqlite_where=sa.text("status = 'queued'"),
