@@ -18,7 +18,6 @@ import contextlib
 import json
 import logging
 import os
-import platform
 import shutil
 import signal
 import socket
@@ -28,9 +27,11 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine  # noqa: E402
 
 GOAL_RATIO = 1.5
 NOOP = "bench_noop"
@@ -62,9 +63,8 @@ def serve(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=logging.WARNING, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    import uvicorn
-
     from server.http.app import create_app
+    from server.http.serve import uvicorn_server
     from server.services.container import build_services
     from server.settings import load_settings
 
@@ -82,17 +82,7 @@ def serve(args: argparse.Namespace) -> int:
     services = build_services(settings, token)
     try:
         app = create_app(services, configure_mcp=add_noop)
-        config = uvicorn.Config(
-            app,
-            host=settings.host,
-            port=settings.port,
-            loop="uvloop",
-            http="httptools",
-            log_level="warning",
-            access_log=False,
-            lifespan="on",
-        )
-        uvicorn.Server(config).run()
+        uvicorn_server(app, settings).run()
     finally:
         services.close()
     return 0
@@ -247,24 +237,6 @@ def store_name(database_url: str | None) -> str:
     from server.store.database import is_sqlite
 
     return "sqlite" if is_sqlite(database_url) else "postgresql"
-
-
-def version_of(dist: str) -> str | None:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return None
-
-
-def machine() -> dict[str, Any]:
-    return {
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "mcp": version_of("mcp"),
-        "sqlalchemy": version_of("sqlalchemy"),
-        "uvicorn": version_of("uvicorn"),
-    }
 
 
 def bench(args: argparse.Namespace) -> int:

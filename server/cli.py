@@ -95,22 +95,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
             _announce(settings, admin, stdio=True)
             anyio.run(_serve_stdio, mcp, services)
             return 0
-        import uvicorn  # the HTTP stack (and a2a-sdk) load only when serving HTTP: stdio starts faster
-
+        # The HTTP stack (and a2a-sdk) load only when serving HTTP: stdio starts faster.
         from server.http.app import create_app
+        from server.http.serve import uvicorn_server
 
-        app = create_app(services)
-        config = uvicorn.Config(
-            app,
-            host=settings.host,
-            port=settings.port,
-            loop="uvloop",
-            http="httptools",
-            log_level=settings.log_level,
-            access_log=False,
-            lifespan="on",
-        )
-        server = uvicorn.Server(config)
+        server = uvicorn_server(create_app(services), settings)
         _announce(settings, admin, stdio=False)
         server.run()
         return 0
