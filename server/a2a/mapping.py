@@ -6,8 +6,6 @@ from typing import Any
 
 from a2a.helpers import get_data_parts, get_text_parts, new_data_part, new_text_part
 from a2a.types import Artifact, Message, Role, Task, TaskState
-from google.protobuf.json_format import ParseDict
-from google.protobuf.struct_pb2 import Value
 from pydantic import ValidationError
 
 from server.a2a.card import TEXT_TASK_CAPABILITY, TEXT_TASK_TYPE
@@ -81,7 +79,3 @@ def mirror(task: Task, view: TaskView) -> Task:
         task.artifacts.append(result_artifact(view))
     task.metadata.update({"orchestrator_status": view.status, "attempts": view.attempts})
     return task
-
-
-def to_value(data: Any) -> Value:
-    return ParseDict(data, Value())

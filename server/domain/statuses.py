@@ -54,7 +54,6 @@ TASK_TRANSITIONS: dict[TaskStatus, frozenset[TaskStatus]] = {
 LIVE_AGENT_STATUSES = frozenset(
     {AgentStatus.STARTING, AgentStatus.ACTIVE, AgentStatus.UNRESPONSIVE, AgentStatus.STOPPING}
 )
-TERMINAL_TASK_STATUSES = frozenset(s for s, nxt in TASK_TRANSITIONS.items() if not nxt)
 
 
 def agent_sources(target: AgentStatus) -> frozenset[AgentStatus]:
