@@ -137,7 +137,7 @@ class LeaseService:
         # One statement finds the head of this agent's queue and leases it.
         self._take_head = text(
             "UPDATE orch_tasks SET status = 'running', agent_id = :me, attempts = attempts + 1, "
-            "lease_expires_at = :now + CAST(lease_s AS BIGINT) * 1000000, "
+            f"lease_expires_at = :now + CAST(lease_s AS BIGINT) * {MICROS}, "
             "started_at = COALESCE(started_at, :now), updated_at = :now, progress = NULL, "
             "progress_message = NULL, unroutable = false "
             f"WHERE id = ({head}) AND status = 'queued' "
