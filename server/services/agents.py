@@ -16,6 +16,7 @@ from server.domain.views import AgentView, SpawnedAgent
 from server.errors import Conflict, InvalidInput, NotFound, PermissionDenied
 from server.ids import AGENT, new_id
 from server.services import audit
+from server.services.agent_rows import touch_agent
 from server.services.auth import hash_token, new_agent_token
 from server.services.leases import LeaseService
 from server.services.profiles import ProfileRegistry
@@ -269,14 +270,7 @@ class AgentService:
         return await self._db.write(self._heartbeat_tx, principal)
 
     def _heartbeat_tx(self, conn: Connection, principal: Principal) -> AgentView:
-        now = self._clock.now_us()
-        sources = [s.value for s in agent_sources(AgentStatus.ACTIVE)] + [AgentStatus.ACTIVE.value]
-        result = conn.execute(
-            update(agents)
-            .where(agents.c.id == principal.id, agents.c.status.in_(sources))
-            .values(status=AgentStatus.ACTIVE.value, last_heartbeat_at=now)
-            .returning(*agents.c)
-        ).first()
+        result = touch_agent(conn, principal.id, self._clock.now_us())
         if result is None:
             raise Conflict(f"agent {principal.id} is not live; it cannot heartbeat")
         return agent_view(result)

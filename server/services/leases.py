@@ -21,16 +21,17 @@ from sqlalchemy import BigInteger, Connection, Row, SmallInteger, Text, bindpara
 from server.clock import MICROS, Clock, to_iso
 from server.domain.backoff import Random, backoff_delay_us
 from server.domain.principal import REAPER, Principal
-from server.domain.statuses import LIVE_AGENT_STATUSES, AgentStatus, TaskStatus
+from server.domain.statuses import LIVE_AGENT_STATUSES, TaskStatus
 from server.domain.views import ClaimResult, TaskLease, TaskView
 from server.errors import Conflict, InvalidInput, LeaseExpired, NotFound, PermissionDenied
 from server.services import audit
+from server.services.agent_rows import touch_agent
 from server.services.signals import TaskSignals, Waiter
 from server.services.task_rows import task_view
 from server.services.tasks import announce_ready
 from server.store.database import Database
 from server.store.dialect import json_subset
-from server.store.tables import agents, task_attempts, tasks
+from server.store.tables import task_attempts, tasks
 
 _LIVE = [s.value for s in LIVE_AGENT_STATUSES]
 _REAP_BATCH = 200
@@ -113,12 +114,6 @@ class LeaseService:
         self._build_statements(db.dialect)
 
     def _build_statements(self, dialect: str) -> None:
-        self._touch_agent = (
-            update(agents)
-            .where(agents.c.id == bindparam("me"), agents.c.status.in_(_LIVE))
-            .values(last_heartbeat_at=bindparam("now", type_=BigInteger), status=AgentStatus.ACTIVE.value)
-            .returning(agents.c.capabilities, agents.c.max_concurrency)
-        )
         self._held = (
             select(func.count())
             .select_from(tasks)
@@ -193,9 +188,9 @@ class LeaseService:
     def _claim_tx(self, conn: Connection, principal: Principal) -> _ClaimOutcome:
         now = self._clock.now_us()
         agent_id = principal.id
-        agent = conn.execute(self._touch_agent, {"me": agent_id, "now": now}).first()
+        agent = touch_agent(conn, agent_id, now)
         if agent is None:
-            raise PermissionDenied(f"agent {agent_id} is not live; it cannot claim work")
+            raise PermissionDenied(f"agent {agent_id} is terminated or stopping; it cannot claim work")
         capabilities = frozenset(agent.capabilities)
         if conn.execute(self._held, {"me": agent_id}).scalar_one() >= agent.max_concurrency:
             return _ClaimOutcome(None, capabilities, at_capacity=True)

@@ -263,3 +263,21 @@ async def test_a_long_poll_with_nothing_to_do_returns_empty_after_wait_s(fake_co
         with anyio.fail_after(10):
             result = await call(agent, "task_claim", wait_s=0.2)
     assert result == {"task": None, "reason": "none_available"}
+
+
+async def test_a_stopping_agent_cannot_claim_or_be_revived_by_calling_in(fake_connect, fake_time_services):
+    from sqlalchemy import update
+
+    from server.store.tables import agents
+
+    async with fake_connect() as admin:
+        worker = await spawn(admin)
+        await call(admin, "task_submit", type="t")
+    with fake_time_services.db.engine.begin() as conn:  # the supervisor's drain step (issue 4) does this
+        conn.execute(update(agents).where(agents.c.id == worker["agent"]["id"]).values(status="stopping"))
+    async with fake_connect(worker["token"]) as agent:
+        assert (await call_error(agent, "task_claim")).code == "permission_denied"
+        assert (await call_error(agent, "agent_heartbeat")).code == "conflict"
+    async with fake_connect() as admin:
+        assert (await call(admin, "agent_get", agent_id=worker["agent"]["id"]))["status"] == "stopping"
+        assert (await call(admin, "fleet_status"))["tasks"]["queued"]["normal"] == 1
