@@ -7,34 +7,27 @@ import logging
 
 import anyio
 import psycopg
-from sqlalchemy.engine import make_url
 
 from server.services.container import Services
-from server.store.dialect import TASK_CHANNEL
+from server.store.dialect import TASK_CHANNEL, listen
 
 log = logging.getLogger("agentfleet.notify")
 
 
-def libpq_url(sqlalchemy_url: str) -> str:
-    return make_url(sqlalchemy_url).set(drivername="postgresql").render_as_string(hide_password=False)
-
-
 async def listen_for_tasks(services: Services) -> None:
-    url = libpq_url(str(services.db.engine.url.render_as_string(hide_password=False)))
     delay = 0.5
     while True:
         try:
-            async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
-                await conn.execute(f"LISTEN {TASK_CHANNEL}")
-                delay = 0.5
-                # Anything queued while we were not listening is found by the claimers' re-checks.
-                services.signals.wake_all()
-                async for note in conn.notifies():
-                    _deliver(services, note.payload)
+            async for payload in listen(services.db.engine, TASK_CHANNEL):
+                if not payload:  # subscribed: anything queued while we were not is found by re-checks
+                    delay = 0.5
+                    services.signals.wake_all()
+                    continue
+                _deliver(services, payload)
         except (psycopg.Error, OSError) as exc:
             log.warning("task notifications lost (%s); reconnecting in %.1fs", exc, delay)
-            await anyio.sleep(delay)
-            delay = min(delay * 2, 10.0)
+        await anyio.sleep(delay)
+        delay = min(delay * 2, 10.0)
 
 
 def _deliver(services: Services, payload: str) -> None:

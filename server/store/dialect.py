@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
-from sqlalchemy import Connection, text
+import psycopg
+from sqlalchemy import Connection, Engine, text
 
 TASK_CHANNEL = "agentfleet_tasks"
 _NOTIFY = text("SELECT pg_notify(:channel, :payload)")
@@ -29,3 +31,15 @@ def notify(conn: Connection, channel: str, payload: dict[str, Any]) -> None:
             text("SELECT pg_notify(:channel, :payload)"),
             {"channel": channel, "payload": json.dumps(payload, separators=(",", ":"))},
         )
+
+
+async def listen(engine: Engine, channel: str) -> AsyncIterator[str]:
+    """Yield each NOTIFY payload on `channel` (PostgreSQL). The first item is "" once the listener
+    is subscribed, so callers know when they stopped missing notifications. Ends with psycopg.Error
+    or OSError when the connection is lost."""
+    url = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        await conn.execute(f"LISTEN {channel}")
+        yield ""
+        async for note in conn.notifies():
+            yield note.payload
