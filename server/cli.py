@@ -130,16 +130,21 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from server.services.fleet import FleetService
-    from server.store import migrate
     from server.store.database import Database, create_store_engine
 
     settings = _settings(args)
     db = Database(create_store_engine(settings.resolved_database_url))
     try:
-        if not migrate.is_current(db.engine):
-            print("the store is not migrated; run `agentfleet db upgrade` or start the server", file=sys.stderr)
+        fleet = FleetService(db)
+        readiness = fleet.readiness_sync()
+        if not readiness.ready:
+            print(
+                f"the store is {readiness.store}, migrations {readiness.migrations}: run `agentfleet db upgrade` "
+                "or start the server",
+                file=sys.stderr,
+            )
             return 1
-        status = FleetService(db).counts_sync()
+        status = fleet.counts_sync()
     finally:
         db.dispose()
     if args.json:

@@ -27,7 +27,6 @@ from server.http.observe import RequestMetricsMiddleware
 from server.loops import background_loops
 from server.metrics import Metrics
 from server.services.container import Services
-from server.store import migrate
 from tools import SCOPE, FleetTokenVerifier, build_mcp
 
 
@@ -71,16 +70,9 @@ def create_app(
     verifier = FleetTokenVerifier(services.auth)
 
     async def readyz(_request: Request) -> Response:
-        def check() -> tuple[bool, bool]:
-            reachable = services.db.ping()
-            return reachable, reachable and migrate.is_current(services.db.engine)
-
-        reachable, current = await anyio.to_thread.run_sync(check)
-        body = {
-            "store": "ok" if reachable else "unreachable",
-            "migrations": "current" if current else "behind" if reachable else "unknown",
-        }
-        return JSONResponse(body, status_code=200 if current else 503)
+        readiness = await services.fleet.readiness()
+        body = {"store": readiness.store, "migrations": readiness.migrations}
+        return JSONResponse(body, status_code=200 if readiness.ready else 503)
 
     async def metrics_endpoint(_request: Request) -> Response:
         body = await anyio.to_thread.run_sync(metrics.render)

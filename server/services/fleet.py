@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+from dataclasses import dataclass
+
 from sqlalchemy import Connection, func, select
 
 from server.domain.priority import Priority
 from server.domain.statuses import AgentStatus, TaskStatus
 from server.domain.views import FleetStatus
+from server.store import migrate
 from server.store.database import Database
 from server.store.tables import agents, tasks
 
@@ -17,6 +21,16 @@ _unroutable = (
     .select_from(tasks)
     .where(tasks.c.status == TaskStatus.QUEUED.value, tasks.c.unroutable.is_(True))
 )
+
+
+@dataclass(frozen=True)
+class Readiness:
+    store: str  # ok | unreachable
+    migrations: str  # current | behind | unknown
+
+    @property
+    def ready(self) -> bool:
+        return self.migrations == "current"
 
 
 class FleetService:
@@ -43,6 +57,15 @@ class FleetService:
                 "tasks": sum(sum(by_p.values()) for by_p in task_counts.values()),
             },
         )
+
+    def readiness_sync(self) -> Readiness:
+        """Is the store reachable, and migrated to this release's head?"""
+        if not self._db.ping():
+            return Readiness("unreachable", "unknown")
+        return Readiness("ok", "current" if migrate.is_current(self._db.engine) else "behind")
+
+    async def readiness(self) -> Readiness:
+        return await asyncio.get_running_loop().run_in_executor(None, self.readiness_sync)
 
     def counts_sync(self) -> FleetStatus:
         """For the metrics scrape, which runs in a worker thread already."""
