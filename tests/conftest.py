@@ -38,8 +38,13 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
+def _with_database(url: str, database: str) -> str:
+    """The same server and credentials (password included, unmasked), another database."""
+    return make_url(normalize_url(url)).set(database=database).render_as_string(hide_password=False)
+
+
 def _admin_url(url: str) -> str:
-    return str(make_url(normalize_url(url)).set(database="postgres"))
+    return _with_database(url, "postgres")
 
 
 def _pg_template() -> str:
@@ -53,7 +58,7 @@ def _pg_template() -> str:
         with admin.connect() as conn:
             conn.execute(text(f'CREATE DATABASE "{name}"'))
         admin.dispose()
-        engine = create_store_engine(str(make_url(normalize_url(PG_URL)).set(database=name)))
+        engine = create_store_engine(_with_database(PG_URL, name))
         migrate.upgrade(engine)
         engine.dispose()
         _template = name
@@ -73,9 +78,7 @@ def _fresh_pg_database() -> tuple[str, Callable[[], None]]:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
 
-    return str(make_url(normalize_url(PG_URL)).set(database=name)).replace(
-        "***", make_url(normalize_url(PG_URL)).password or ""
-    ), drop
+    return _with_database(PG_URL, name), drop
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

@@ -139,7 +139,7 @@ class LeaseService:
             "RETURNING " + ", ".join(c.name for c in tasks.c)
         ).columns(*tasks.c)
         self._lapsed = (
-            select(tasks.c.id)
+            select(tasks)
             .where(tasks.c.status == TaskStatus.RUNNING.value, tasks.c.lease_expires_at <= bindparam("now"))
             .order_by(tasks.c.lease_expires_at)
             .limit(_REAP_BATCH)
@@ -293,11 +293,8 @@ class LeaseService:
 
     def _reap_tx(self, conn: Connection) -> list[_Requeued | None]:
         now = self._clock.now_us()
-        ids = list(conn.execute(self._lapsed, {"now": now}).scalars())
-        if not ids:
-            return []
         ended: list[_Requeued | None] = []
-        for row in conn.execute(select(tasks).where(tasks.c.id.in_(ids))):
+        for row in conn.execute(self._lapsed, {"now": now}).all():
             outcome = "cancelled" if row.cancel_requested else "expired"
             _, requeued = self._end_lease(
                 conn,
