@@ -9,6 +9,7 @@ from mcp.server.mcpserver import MCPServer
 from pydantic import Field, ValidationError
 
 from server.domain.priority import Priority
+from server.domain.resources import MAX_RESOURCES, ResourceRequest
 from server.domain.statuses import TaskStatus
 from server.domain.task_spec import TASK_TYPE_PATTERN, TaskSpec
 from server.domain.views import ClaimResult, TaskLease, TaskList, TaskReceipt, TaskView
@@ -59,6 +60,14 @@ def register(mcp: MCPServer) -> None:
                 "capabilities (shown as unroutable in fleet_status)"
             ),
         ] = False,
+        resources: Annotated[
+            list[ResourceRequest],
+            Field(
+                max_length=MAX_RESOURCES,
+                description="resources the task needs, [{name, mode}]: it is handed to an agent only together "
+                "with their locks, whose fencing tokens come with the claimed task (released when it ends)",
+            ),
+        ] = [],  # noqa: B006
     ) -> TaskReceipt:
         """Queue a unit of work for the fleet. An agent whose capabilities include all of the task's
         claims it (task_claim), highest priority first, FIFO within a priority. A task no live agent
@@ -81,6 +90,7 @@ def register(mcp: MCPServer) -> None:
                 backoff_base_s=backoff_base_s,
                 backoff_cap_s=backoff_cap_s,
                 allow_unroutable=allow_unroutable,
+                resources=tuple(resources),
             )
         except ValidationError as exc:
             raise InvalidInput(f"task spec: {exc.errors()[0]['msg']}") from exc

@@ -24,6 +24,18 @@ class TaskStatus(StrEnum):
     DEAD = "dead"  # ran out of attempts
 
 
+class LockStatus(StrEnum):
+    WAITING = "waiting"  # queued for its resources
+    HELD = "held"  # granted; until released, expired or its task ends
+    RELEASED = "released"  # by its holder, an admin (force), its task's end or its agent's
+    EXPIRED = "expired"  # the lease ran out
+    TIMED_OUT = "timed_out"  # never granted within wait_s
+    CANCELLED = "cancelled"  # a waiting request withdrawn (released, caller gone, agent ended)
+
+
+LIVE_LOCK_STATUSES = frozenset({LockStatus.WAITING, LockStatus.HELD})
+
+
 AGENT_TRANSITIONS: dict[AgentStatus, frozenset[AgentStatus]] = {
     AgentStatus.STARTING: frozenset(
         {AgentStatus.ACTIVE, AgentStatus.UNRESPONSIVE, AgentStatus.STOPPING, AgentStatus.TERMINATED, AgentStatus.FAILED}

@@ -10,6 +10,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from server.domain.priority import Priority
+from server.domain.resources import ResourceRequest
 
 TASK_TYPE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,99}$"
 
@@ -29,6 +30,7 @@ class TaskSpec(BaseModel):
     backoff_base_s: float = Field(1.0, ge=0.01, le=3600)
     backoff_cap_s: float = Field(300.0, ge=0.01, le=86_400)
     allow_unroutable: bool = Field(False, description="queue even if no live agent or profile can run it")
+    resources: tuple[ResourceRequest, ...] = Field((), description="claimed only together with these locks")
 
     @field_validator("not_before")
     @classmethod
@@ -46,6 +48,7 @@ class TaskSpec(BaseModel):
     def canonical_json(self) -> str:
         body = self.model_dump(mode="json", exclude={"idempotency_key", "allow_unroutable"})
         body["capabilities"] = sorted(set(body["capabilities"]))
+        body["resources"] = sorted(body["resources"], key=lambda r: r["name"])
         return json.dumps(body, sort_keys=True, separators=(",", ":"))
 
     def spec_hash(self) -> str:

@@ -59,6 +59,13 @@ class AttemptView(View):
     error: str | None
 
 
+class LockItemView(View):
+    name: str
+    mode: str
+    fence: int | None = Field(description="fencing token: strictly increasing per resource across all grants")
+    lock_id: str
+
+
 class TaskView(View):
     id: str
     type: str
@@ -86,9 +93,64 @@ class TaskView(View):
     progress_message: str | None
     usage: Any
     unroutable: bool = Field(description="queued although no live agent or profile had its capabilities")
+    resources: list[dict[str, str]] | None = Field(
+        description="resources the task needs ({name, mode}); it is claimed only together with their locks"
+    )
+    locks: list[LockItemView] | None = Field(
+        None, description="locks the current attempt holds, with fencing tokens (claim result and task_get)"
+    )
     attempt_history: list[AttemptView] | None = Field(
         None, description="every attempt: filled by task_get (and the task resource), null elsewhere"
     )
+
+
+class LockView(View):
+    id: str
+    holder: str = Field(description="the agent (or admin) the lock belongs to")
+    task_id: str | None = Field(description="set for task-scoped locks: released when the task ends")
+    request_id: str | None
+    status: str = Field(description="waiting, held, released, expired, timed_out, cancelled")
+    priority: str
+    resources: list[LockItemView]
+    created_at: str
+    granted_at: str | None
+    expires_at: str | None = Field(description="lease end; null for locks that live as long as their task")
+    wait_until: str | None = Field(description="a waiting request gives up at this time")
+    ended_at: str | None
+    ended_by: str | None
+    queue_position: int | None = Field(
+        None, description="waiting only: 1 + the waiting requests ahead of it that want a conflicting resource"
+    )
+
+
+class LockConflict(View):
+    resource: str = Field(description="the resource you asked for")
+    blocked_by: str = Field(description="the resource name held or awaited by the other party")
+    lock_id: str
+    holder: str
+    mode: str
+    status: str = Field(description="held, or waiting (queued ahead of you)")
+    expires_at: str | None
+
+
+class LockGrant(View):
+    granted: bool
+    lock_id: str | None = Field(description="the lock; null when not granted with wait_s=0")
+    expires_at: str | None
+    fencing_tokens: dict[str, int] = Field(description="resource name -> fencing token; send it with every write")
+    lock: LockView | None
+    conflicts: list[LockConflict] = Field(description="not granted: who holds or awaits what you asked for")
+
+
+class LockList(View):
+    locks: list[LockView]
+
+
+class ResourceView(View):
+    name: str
+    capacity: int = Field(description="holders of this exact name that may coexist (1: a plain lock)")
+    fence: int = Field(description="the last fencing token issued for it")
+    holders: int
 
 
 class ClaimResult(View):

@@ -1,4 +1,5 @@
-"""PostgreSQL LISTEN: work queued on another replica wakes claimers parked on this one."""
+"""PostgreSQL LISTEN: work queued, or a lock granted, on another replica wakes the claimers and
+lock waiters parked on this one."""
 
 from __future__ import annotations
 
@@ -9,21 +10,24 @@ import anyio
 import psycopg
 
 from server.services.container import Services
-from server.store.dialect import TASK_CHANNEL, listen
+from server.store.dialect import LOCK_CHANNEL, TASK_CHANNEL, listen
 
 log = logging.getLogger("agentfleet.notify")
 
 
-async def listen_for_tasks(services: Services) -> None:
+async def listen_for_wakeups(services: Services) -> None:
     delay = 0.5
     while True:
         try:
-            async for payload in listen(services.db.engine, TASK_CHANNEL):
-                if not payload:  # subscribed: anything queued while we were not is found by re-checks
+            async for channel, payload in listen(services.db.engine, [TASK_CHANNEL, LOCK_CHANNEL]):
+                if not channel:  # subscribed: anything queued while we were not is found by re-checks
                     delay = 0.5
                     services.signals.wake_all()
                     continue
-                _deliver(services, payload)
+                if channel == LOCK_CHANNEL:
+                    _deliver_grants(services, payload)
+                else:
+                    _deliver(services, payload)
         except (psycopg.Error, OSError) as exc:
             log.warning("task notifications lost (%s); reconnecting in %.1fs", exc, delay)
         await anyio.sleep(delay)
@@ -40,3 +44,11 @@ def _deliver(services: Services, payload: str) -> None:
     services.signals.task_ready(
         frozenset(body.get("c") or ()), body.get("p"), int(body.get("r") or 0), services.clock.now_us()
     )
+
+
+def _deliver_grants(services: Services, payload: str) -> None:
+    try:
+        granted = json.loads(payload).get("g") or []
+    except (ValueError, AttributeError):
+        return
+    services.lock_signals.granted([str(lock_id) for lock_id in granted])

@@ -1,5 +1,6 @@
-"""Ends lapsed leases. Every replica runs it; conditional updates (and SKIP LOCKED on
-PostgreSQL) make concurrent reapers harmless."""
+"""Ends lapsed task and lock leases (and lock waits whose caller is gone). Every replica runs
+it; conditional updates (and SKIP LOCKED or the lock table's advisory lock on PostgreSQL) make
+concurrent reapers harmless."""
 
 from __future__ import annotations
 
@@ -19,7 +20,10 @@ async def run_reaper(services: Services) -> None:
         try:
             ended = await services.leases.reap_once()
             if ended:
-                log.info("ended %d lapsed lease(s)", ended)
+                log.info("ended %d lapsed task lease(s)", ended)
+            ended = await services.locks.sweep()
+            if ended:
+                log.info("ended %d lapsed lock lease(s) or wait(s)", ended)
         except FleetError as exc:  # the store is briefly unavailable: try again next round
             log.warning("reaper: %s", exc)
         await anyio.sleep(interval)

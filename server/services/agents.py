@@ -19,6 +19,7 @@ from server.services import audit
 from server.services.agent_rows import touch_agent
 from server.services.auth import hash_token, new_agent_token
 from server.services.leases import LeaseService
+from server.services.locks import LockService
 from server.services.profiles import ProfileRegistry
 from server.store.database import Database
 from server.store.tables import agents
@@ -70,11 +71,14 @@ def descendants(conn: Connection, root_id: str) -> list[str]:
 
 
 class AgentService:
-    def __init__(self, db: Database, clock: Clock, profiles: ProfileRegistry, leases: LeaseService) -> None:
+    def __init__(
+        self, db: Database, clock: Clock, profiles: ProfileRegistry, leases: LeaseService, locks: LockService
+    ) -> None:
         self._db = db
         self._clock = clock
         self._profiles = profiles
         self._leases = leases
+        self._locks = locks
 
     # -- spawn ---------------------------------------------------------------------------------
     async def spawn(
@@ -260,6 +264,7 @@ class AgentService:
             .all()
         )
         released = self._leases.release_held_by(conn, list(ended), now)
+        self._locks.release_for_agents(conn, list(ended), now, principal.id)
         for ended_id in ended:
             audit.record(conn, now, principal, "agent.terminate", ended_id, {"cascade_from": agent_id})
         return [agent_id, *sorted(set(ended) - {agent_id})], released

@@ -10,8 +10,9 @@ from server.services.agents import AgentService
 from server.services.auth import Authenticator
 from server.services.fleet import FleetService
 from server.services.leases import LeaseService
+from server.services.locks import LockService
 from server.services.profiles import ProfileRegistry, shipped_profiles_dir
-from server.services.signals import TaskSignals
+from server.services.signals import LockSignals, TaskSignals
 from server.services.tasks import TaskService
 from server.settings import Settings
 from server.store import migrate
@@ -28,12 +29,15 @@ class Services:
     agents: AgentService
     tasks: TaskService
     leases: LeaseService
+    locks: LockService
     signals: TaskSignals
+    lock_signals: LockSignals
     fleet: FleetService
     a2a_records: A2ARecordService
 
     def close(self) -> None:
         self.signals.close()
+        self.lock_signals.close()
         self.db.dispose()
 
 
@@ -53,17 +57,21 @@ def build_services(
     if run_migrations:
         migrate.upgrade(db.engine)
     signals = TaskSignals()
-    leases = LeaseService(db, clock, signals, settings.claim_recheck_s)
+    lock_signals = LockSignals()
+    locks = LockService(db, clock, lock_signals, signals, settings.claim_recheck_s)
+    leases = LeaseService(db, clock, signals, locks, settings.claim_recheck_s)
     return Services(
         settings=settings,
         db=db,
         clock=clock,
         profiles=profiles,
         auth=Authenticator(db, admin_token),
-        agents=AgentService(db, clock, profiles, leases),
+        agents=AgentService(db, clock, profiles, leases, locks),
         tasks=TaskService(db, clock, profiles, signals, settings.max_payload_bytes, settings.priority_aging_s),
         leases=leases,
+        locks=locks,
         signals=signals,
+        lock_signals=lock_signals,
         fleet=FleetService(db),
         a2a_records=A2ARecordService(db, clock),
     )

@@ -22,10 +22,11 @@ from server.clock import MICROS, Clock, to_iso
 from server.domain.backoff import Random, backoff_delay_us
 from server.domain.principal import REAPER, Principal
 from server.domain.statuses import LIVE_AGENT_STATUSES, TaskStatus
-from server.domain.views import ClaimResult, TaskLease, TaskView
+from server.domain.views import ClaimResult, LockItemView, TaskLease, TaskView
 from server.errors import Conflict, InvalidInput, LeaseExpired, NotFound, PermissionDenied
 from server.services import audit
 from server.services.agent_rows import touch_agent
+from server.services.locks import LockService
 from server.services.signals import TaskSignals, Waiter
 from server.services.task_rows import task_view
 from server.services.tasks import announce_ready
@@ -35,6 +36,7 @@ from server.store.tables import task_attempts, tasks
 
 _LIVE = [s.value for s in LIVE_AGENT_STATUSES]
 _REAP_BATCH = 200
+_RESOURCE_HEADS = 16  # queued tasks a claim looks past when the head's resources are busy
 # Microsecond arithmetic overflows 32-bit integers: keep every term BIGINT on PostgreSQL.
 _LEASE_US = cast(tasks.c.lease_s, BigInteger) * MICROS
 
@@ -104,11 +106,18 @@ def _require_agent(principal: Principal) -> str:
 
 class LeaseService:
     def __init__(
-        self, db: Database, clock: Clock, signals: TaskSignals, claim_recheck_s: float, rng: Random | None = None
+        self,
+        db: Database,
+        clock: Clock,
+        signals: TaskSignals,
+        locks: LockService,
+        claim_recheck_s: float,
+        rng: Random | None = None,
     ) -> None:
         self._db = db
         self._clock = clock
         self._signals = signals
+        self._locks = locks
         self._recheck_s = claim_recheck_s
         self._rng: Random = rng or random.Random()
         self._build_statements(db.dialect)
@@ -129,15 +138,23 @@ class LeaseService:
         self._claimable = text(head)
         if dialect == "postgresql":
             head += " FOR UPDATE SKIP LOCKED"  # concurrent claimers take the next row, never wait
-        # One statement finds the head of this agent's queue and leases it.
-        self._take_head = text(
+        take = (
             "UPDATE orch_tasks SET status = 'running', agent_id = :me, attempts = attempts + 1, "
             f"lease_expires_at = :now + CAST(lease_s AS BIGINT) * {MICROS}, "
             "started_at = COALESCE(started_at, :now), updated_at = :now, progress = NULL, "
-            "progress_message = NULL, unroutable = false "
-            f"WHERE id = ({head}) AND status = 'queued' "
-            "RETURNING " + ", ".join(c.name for c in tasks.c)
+            "progress_message = NULL, unroutable = false, has_locks = (has_locks OR :locked) "
+        )
+        returning = " RETURNING " + ", ".join(c.name for c in tasks.c)
+        # One statement finds the head of this agent's queue and leases it, unless the head needs
+        # resources: then nothing matches and the claim takes the slower path that locks them.
+        self._take_head = text(
+            take + f"WHERE id = ({head}) AND status = 'queued' AND resources IS NULL" + returning
         ).columns(*tasks.c)
+        self._take_one = text(take + "WHERE id = :task AND status = 'queued'" + returning).columns(*tasks.c)
+        heads = head.replace("SELECT id FROM", "SELECT id, resources, priority FROM").replace(
+            "LIMIT 1", f"LIMIT {_RESOURCE_HEADS}"
+        )
+        self._heads = text(heads).columns(tasks.c.id, tasks.c.resources, tasks.c.priority)
         self._lapsed = (
             select(tasks)
             .where(tasks.c.status == TaskStatus.RUNNING.value, tasks.c.lease_expires_at <= bindparam("now"))
@@ -194,16 +211,36 @@ class LeaseService:
         capabilities = frozenset(agent.capabilities)
         if conn.execute(self._held, {"me": agent_id}).scalar_one() >= agent.max_concurrency:
             return _ClaimOutcome(None, capabilities, at_capacity=True)
-        row = conn.execute(
-            self._take_head, {"now": now, "me": agent_id, "caps": json.dumps(sorted(capabilities))}
-        ).first()
+        params = {"now": now, "me": agent_id, "caps": json.dumps(sorted(capabilities)), "locked": False}
+        held: list[LockItemView] | None = None
+        row = conn.execute(self._take_head, params).first()
+        if row is None:
+            row, held = self._take_with_resources(conn, params)
         if row is None:
             return _ClaimOutcome(None, capabilities)
         conn.execute(
             _START_ATTEMPT, {"task_id": row.id, "number": row.attempts, "agent_id": agent_id, "started_at": now}
         )
         audit.record(conn, now, principal, "task.claim", row.id, {"attempt": row.attempts})
-        return _ClaimOutcome(task_view(row), capabilities)
+        return _ClaimOutcome(task_view(row, locks=held), capabilities)
+
+    def _take_with_resources(
+        self, conn: Connection, params: dict[str, Any]
+    ) -> tuple[Row[Any] | None, list[LockItemView] | None]:
+        """The head of the queue needs resources (or the queue is empty): walk the first few heads
+        in dispatch order and take the first whose resources can be locked now, together with its
+        locks (one device, one execution)."""
+        for head in conn.execute(self._heads, params).all():
+            held = None
+            if head.resources is not None:
+                held = self._locks.grant_for_task(conn, params["me"], head.id, head.resources, head.priority)
+                if held is None:
+                    continue
+            row = conn.execute(self._take_one, {**params, "task": head.id, "locked": held is not None}).first()
+            if row is None:
+                raise Conflict(f"task {head.id} was taken while its locks were granted; retry")
+            return row, held
+        return None, None
 
     # -- heartbeat -----------------------------------------------------------------------------
     async def heartbeat(
@@ -258,6 +295,8 @@ class LeaseService:
         if row is None:
             self._explain_not_held(conn, task_id, agent_id, now)
         self._end_attempt(conn, row.id, row.attempts, now, "completed", None)
+        if row.has_locks:
+            self._locks.release_for_task(conn, row.id, now, agent_id)
         audit.record(conn, now, principal, "task.complete", task_id, {})
         return task_view(row)
 
@@ -369,6 +408,8 @@ class LeaseService:
         if updated is None:
             raise Conflict(f"task {row.id} changed while it was being ended; retry")
         self._end_attempt(conn, row.id, row.attempts, now, outcome, error)
+        if row.has_locks:
+            self._locks.release_for_task(conn, row.id, now, REAPER.id if lapsed else row.agent_id)
         if requeued is not None:
             announce_ready(conn, self._signals, requeued.capabilities, requeued.pinned, requeued.ready_at)
         return task_view(updated), requeued

@@ -87,3 +87,36 @@ class TaskSignals:
             handle.cancel()
         self._timers.clear()
         self.wake_all()
+
+
+class LockSignals:
+    """In-process wake-ups for lock requests waiting in the queue, by lock id. The grant itself is
+    in the store (made by whoever freed the resources); waking only tells the waiter to look."""
+
+    def __init__(self) -> None:
+        self._watchers: dict[str, list[asyncio.Event]] = {}
+        self.closed = False
+
+    @contextmanager
+    def watch(self, lock_id: str) -> Iterator[asyncio.Event]:
+        event = asyncio.Event()
+        self._watchers.setdefault(lock_id, []).append(event)
+        try:
+            yield event
+        finally:
+            events = self._watchers.get(lock_id, [])
+            if event in events:
+                events.remove(event)
+            if not events:
+                self._watchers.pop(lock_id, None)
+
+    def granted(self, lock_ids: list[str]) -> None:
+        for lock_id in lock_ids:
+            for event in self._watchers.get(lock_id, []):
+                event.set()
+
+    def close(self) -> None:
+        self.closed = True
+        for events in self._watchers.values():
+            for event in events:
+                event.set()

@@ -8,11 +8,14 @@ from sqlalchemy import Connection, Row, select
 
 from server.clock import to_iso
 from server.domain.priority import Priority
-from server.domain.views import AttemptView, TaskView
-from server.store.tables import task_attempts
+from server.domain.statuses import LockStatus
+from server.domain.views import AttemptView, LockItemView, TaskView
+from server.store.tables import lock_items, locks, task_attempts
 
 
-def task_view(row: Row[Any], attempts: list[AttemptView] | None = None) -> TaskView:
+def task_view(
+    row: Row[Any], attempts: list[AttemptView] | None = None, locks: list[LockItemView] | None = None
+) -> TaskView:
     # model_construct: the row already satisfies every constraint the model states.
     return TaskView.model_construct(
         id=row.id,
@@ -41,6 +44,8 @@ def task_view(row: Row[Any], attempts: list[AttemptView] | None = None) -> TaskV
         progress_message=row.progress_message,
         usage=row.usage,
         unroutable=row.unroutable,
+        resources=row.resources,
+        locks=locks,
         attempt_history=attempts,
     )
 
@@ -60,3 +65,14 @@ def attempt_history(conn: Connection, task_id: str) -> list[AttemptView]:
         )
         for r in rows
     ]
+
+
+def task_locks(conn: Connection, task_id: str) -> list[LockItemView]:
+    """The resources a task's current attempt holds, with their fencing tokens."""
+    rows = conn.execute(
+        select(lock_items.c.name, lock_items.c.mode, lock_items.c.fence, lock_items.c.lock_id)
+        .select_from(lock_items.join(locks, locks.c.id == lock_items.c.lock_id))
+        .where(locks.c.task_id == task_id, locks.c.status == LockStatus.HELD.value)
+        .order_by(lock_items.c.name)
+    ).all()
+    return [LockItemView(name=r.name, mode=r.mode, fence=r.fence, lock_id=r.lock_id) for r in rows]

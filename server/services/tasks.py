@@ -14,6 +14,7 @@ from server.clock import MICROS, Clock, from_iso
 from server.domain.backoff import dispatch_key
 from server.domain.capabilities import validate_capabilities
 from server.domain.principal import Principal
+from server.domain.resources import parse_all
 from server.domain.statuses import LIVE_AGENT_STATUSES, TaskStatus, task_sources
 from server.domain.task_spec import TaskSpec, payload_size
 from server.domain.views import TaskView
@@ -22,7 +23,7 @@ from server.ids import TASK, new_id
 from server.services import audit
 from server.services.profiles import ProfileRegistry
 from server.services.signals import TaskSignals
-from server.services.task_rows import attempt_history, task_view
+from server.services.task_rows import attempt_history, task_locks, task_view
 from server.store.database import Database
 from server.store.dialect import TASK_CHANNEL, json_subset, notify
 from server.store.tables import agents, tasks
@@ -80,6 +81,8 @@ class TaskService:
             raise InvalidInput(
                 f"payload is {size} bytes; the limit is {self._max_payload} (AGENTFLEET_MAX_PAYLOAD_BYTES)"
             )
+        if spec.resources:
+            parse_all(spec.resources)  # malformed or overlapping names are refused before anything is written
         spec = spec.model_copy(update={"capabilities": tuple(validate_capabilities(spec.capabilities))})
         view = await self._db.write(self._submit_tx, principal, spec, task_id or new_id(TASK))
         if view.status == TaskStatus.QUEUED:
@@ -121,6 +124,8 @@ class TaskService:
             backoff_base_ms=int(spec.backoff_base_s * 1000),
             backoff_cap_ms=int(spec.backoff_cap_s * 1000),
             unroutable=unroutable,
+            resources=[r.model_dump(mode="json") for r in sorted(spec.resources, key=lambda r: r.name)] or None,
+            has_locks=False,
         )
         if spec.idempotency_key is None:
             row = conn.execute(_INSERT_TASK, values).one()
@@ -190,7 +195,7 @@ class TaskService:
         row = conn.execute(select(tasks).where(tasks.c.id == task_id)).first()
         if row is None or not self._may_see(principal, row):
             raise NotFound(f"no task {task_id}")
-        return task_view(row, attempt_history(conn, task_id))
+        return task_view(row, attempt_history(conn, task_id), task_locks(conn, task_id) if row.has_locks else None)
 
     @staticmethod
     def _may_see(principal: Principal, row: Row[Any]) -> bool:

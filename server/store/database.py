@@ -24,6 +24,7 @@ from server.errors import Unavailable
 T = TypeVar("T")
 
 _READONLY = "agentfleet_readonly"
+_AFTER_COMMIT = "agentfleet_after_commit"
 READ_THREADS = 8
 WRITE_THREADS_PG = 12
 
@@ -75,6 +76,12 @@ def create_store_engine(url: str) -> Engine:
     return create_engine(url, pool_size=READ_THREADS + WRITE_THREADS_PG, max_overflow=4, pool_recycle=1800)
 
 
+def after_commit(conn: Connection, callback: Callable[[], None]) -> None:
+    """Run `callback` on the event loop once this write transaction has committed (never if it
+    rolls back): how in-process wake-ups follow the change that justifies them."""
+    conn.info[_AFTER_COMMIT].append(callback)
+
+
 class Database:
     """Runs units of work. Each call is one transaction in one worker-thread hop."""
 
@@ -94,11 +101,24 @@ class Database:
         return self.dialect == "sqlite"
 
     def write_sync(self, fn: Callable[..., T], *args: Any) -> T:
+        return self._write_tx(None, fn, *args)
+
+    def _write_tx(self, loop: asyncio.AbstractEventLoop | None, fn: Callable[..., T], *args: Any) -> T:
         try:
             with self.engine.begin() as conn:
-                return fn(conn, *args)
+                conn.info[_AFTER_COMMIT] = []
+                result = fn(conn, *args)
+                callbacks: list[Callable[[], None]] = conn.info.pop(_AFTER_COMMIT)
         except OperationalError as exc:
             raise Unavailable("the store is unreachable or busy; retry shortly") from exc
+        for callback in callbacks:
+            # On the event loop, whether or not the caller still awaits: a wake-up is never lost to
+            # a cancelled caller.
+            if loop is None:
+                callback()
+            else:
+                loop.call_soon_threadsafe(callback)
+        return result
 
     def read_sync(self, fn: Callable[..., T], *args: Any) -> T:
         try:
@@ -110,7 +130,8 @@ class Database:
     async def write(self, fn: Callable[..., T], *args: Any) -> T:
         """Run fn(conn, *args) in one write transaction. If the caller is cancelled the
         transaction still runs to its end: it is never half-applied."""
-        return await asyncio.get_running_loop().run_in_executor(self._write_lane, self.write_sync, fn, *args)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._write_lane, self._write_tx, loop, fn, *args)
 
     async def read(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._read_lane, self.read_sync, fn, *args)

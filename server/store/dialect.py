@@ -10,6 +10,7 @@ import psycopg
 from sqlalchemy import Connection, Engine, text
 
 TASK_CHANNEL = "agentfleet_tasks"
+LOCK_CHANNEL = "agentfleet_locks"
 _NOTIFY = text("SELECT pg_notify(:channel, :payload)")
 
 
@@ -28,18 +29,19 @@ def notify(conn: Connection, channel: str, payload: dict[str, Any]) -> None:
     SQLite has no such channel; parked claims there rely on in-process wake-ups and re-checks."""
     if conn.dialect.name == "postgresql":
         conn.execute(
-            text("SELECT pg_notify(:channel, :payload)"),
+            _NOTIFY,
             {"channel": channel, "payload": json.dumps(payload, separators=(",", ":"))},
         )
 
 
-async def listen(engine: Engine, channel: str) -> AsyncIterator[str]:
-    """Yield each NOTIFY payload on `channel` (PostgreSQL). The first item is "" once the listener
-    is subscribed, so callers know when they stopped missing notifications. Ends with psycopg.Error
-    or OSError when the connection is lost."""
+async def listen(engine: Engine, channels: list[str]) -> AsyncIterator[tuple[str, str]]:
+    """Yield each NOTIFY (channel, payload) on `channels` (PostgreSQL). The first item is ("", "")
+    once the listener is subscribed, so callers know when they stopped missing notifications. Ends
+    with psycopg.Error or OSError when the connection is lost."""
     url = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
     async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
-        await conn.execute(f"LISTEN {channel}")
-        yield ""
+        for channel in channels:
+            await conn.execute(f"LISTEN {channel}")
+        yield "", ""
         async for note in conn.notifies():
-            yield note.payload
+            yield note.channel, note.payload

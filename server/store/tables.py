@@ -21,7 +21,7 @@ from sqlalchemy import (
     text,
 )
 
-from server.domain.statuses import AgentStatus, TaskStatus
+from server.domain.statuses import AgentStatus, LockStatus, TaskStatus
 
 NAMING = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -97,6 +97,10 @@ tasks = Table(
     Column("progress_message", Text, nullable=True),
     Column("usage", JSON, nullable=True),
     Column("unroutable", Boolean, nullable=False, default=False),
+    # Resources the task needs ([{name, mode}]): it is claimed only together with their locks.
+    Column("resources", JSON(none_as_null=True), nullable=True),
+    # Set once a lock was ever bound to the task, so ending a task looks for locks only then.
+    Column("has_locks", Boolean, nullable=False, default=False),
     CheckConstraint(_one_of("status", [s.value for s in TaskStatus]), name="status"),
     CheckConstraint("priority BETWEEN 0 AND 3", name="priority"),
     CheckConstraint("attempts <= max_attempts", name="attempts"),
@@ -136,6 +140,78 @@ task_attempts = Table(
         "outcome IS NULL OR " + _one_of("outcome", ["completed", "failed", "expired", "cancelled", "released"]),
         name="outcome",
     ),
+)
+
+# Every resource ever locked: its semaphore capacity and the last fencing token it issued. Rows
+# are never deleted, so fencing tokens increase across restarts and replicas.
+resources = Table(
+    "orch_resources",
+    metadata,
+    Column("name", String(300), primary_key=True),
+    Column("capacity", Integer, nullable=False),
+    Column("fence", BigInteger, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+    CheckConstraint("capacity >= 1", name="capacity"),
+    CheckConstraint("fence >= 0", name="fence"),
+)
+
+locks = Table(
+    "orch_locks",
+    metadata,
+    Column("id", String(ID), primary_key=True),
+    Column("holder", String(60), nullable=False, index=True),
+    # Who the wait-for graph calls this request's owner: its task, else its agent (admin: itself).
+    Column("party", String(60), nullable=False),
+    Column("task_id", String(ID), ForeignKey("orch_tasks.id"), nullable=True, index=True),
+    Column("request_id", String(200), nullable=True),
+    Column("status", String(20), nullable=False),
+    Column("priority", SmallInteger, nullable=False),
+    Column("ttl_s", Integer, nullable=True),  # null: lives as long as its task's lease
+    Column("created_at", BigInteger, nullable=False),
+    Column("granted_at", BigInteger, nullable=True),
+    Column("expires_at", BigInteger, nullable=True),
+    Column("wait_until", BigInteger, nullable=True),
+    Column("ended_at", BigInteger, nullable=True),
+    Column("ended_by", String(60), nullable=True),
+    CheckConstraint(_one_of("status", [s.value for s in LockStatus]), name="status"),
+    CheckConstraint("status <> 'waiting' OR wait_until IS NOT NULL", name="waiting_has_deadline"),
+    CheckConstraint("status <> 'held' OR granted_at IS NOT NULL", name="held_was_granted"),
+    CheckConstraint("ttl_s IS NOT NULL OR task_id IS NOT NULL", name="ttl_or_task"),
+    # One live request per (holder, request_id): a retried acquire finds the first one.
+    Index(
+        "uq_orch_locks_request",
+        "holder",
+        "request_id",
+        unique=True,
+        sqlite_where=text("status IN ('waiting', 'held') AND request_id IS NOT NULL"),
+        postgresql_where=text("status IN ('waiting', 'held') AND request_id IS NOT NULL"),
+    ),
+    Index(
+        "ix_orch_locks_waiting",
+        "priority",
+        "id",
+        sqlite_where=text("status = 'waiting'"),
+        postgresql_where=text("status = 'waiting'"),
+    ),
+    Index(
+        "ix_orch_locks_expiry",
+        "expires_at",
+        sqlite_where=text("status = 'held'"),
+        postgresql_where=text("status = 'held'"),
+    ),
+)
+
+lock_items = Table(
+    "orch_lock_items",
+    metadata,
+    Column("lock_id", String(ID), ForeignKey("orch_locks.id"), primary_key=True),
+    Column("name", String(300), primary_key=True),
+    Column("mode", String(10), nullable=False),
+    Column("root", String(300), nullable=False),
+    Column("fence", BigInteger, nullable=True),  # set at grant
+    Column("live", Boolean, nullable=False),  # its lock is waiting or held
+    CheckConstraint("mode IN ('exclusive', 'shared')", name="mode"),
+    Index("ix_orch_lock_items_live_root", "root", sqlite_where=text("live"), postgresql_where=text("live")),
 )
 
 audit_log = Table(
