@@ -51,4 +51,4 @@ def _deliver_grants(services: Services, payload: str) -> None:
         granted = json.loads(payload).get("g") or []
     except (ValueError, AttributeError):
         return
-    services.lock_signals.granted([str(lock_id) for lock_id in granted])
+    services.lock_signals.wake([str(lock_id) for lock_id in granted])

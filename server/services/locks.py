@@ -752,8 +752,8 @@ class LockService:
             self._wake_resource_tasks(conn)
         return [i for i in items if i.lock_id not in gone]
 
-    @staticmethod
     def _end(
+        self,
         conn: Connection,
         lock_ids: list[str],
         status: LockStatus,
@@ -775,7 +775,14 @@ class LockService:
         )
         if ended:
             conn.execute(_END_ITEMS, {"ids": ended})
+            if from_status is LockStatus.WAITING:
+                self._wake(conn, ended)  # its waiter, wherever it is, answers now instead of at its re-check
         return ended
+
+    def _wake(self, conn: Connection, lock_ids: list[str]) -> None:
+        """After commit, the callers waiting on these requests look at them again (every replica)."""
+        notify(conn, LOCK_CHANNEL, {"g": lock_ids})
+        after_commit(conn, lambda: self._signals.wake(lock_ids))
 
     def _hand_off(self, conn: Connection, now: int) -> None:
         """Resources were freed: grant waiting requests in queue order, wake them after commit,
@@ -797,8 +804,7 @@ class LockService:
             holders.extend(request)
             granted.append(first.lock_id)
         if granted:
-            notify(conn, LOCK_CHANNEL, {"g": granted})
-            after_commit(conn, lambda: self._signals.granted(granted))
+            self._wake(conn, granted)
 
     def _grant_waiting(self, conn: Connection, now: int, first: LiveItem, claims: list[Claim]) -> None:
         ttl_s = first.ttl_s or 0

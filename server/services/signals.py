@@ -110,7 +110,7 @@ class LockSignals:
             if not events:
                 self._watchers.pop(lock_id, None)
 
-    def granted(self, lock_ids: list[str]) -> None:
+    def wake(self, lock_ids: list[str]) -> None:
         for lock_id in lock_ids:
             for event in self._watchers.get(lock_id, []):
                 event.set()
