@@ -316,7 +316,7 @@ class LockService:
         Only a party that waits can be on a cycle, so a plain grant skips the whole-table read."""
         if granted and conn.execute(_PARTY_WAITING, {"party": party}).first() is None:
             return
-        everything = self._settle(conn, now, self._load(conn, None))
+        everything = self._live_in(conn, now, None)
         status = LockStatus.HELD if granted else LockStatus.WAITING
         mine = [
             LiveItem(lock_id, party, principal.id, status, request.priority.rank, c, None, request.ttl_s)
@@ -717,9 +717,10 @@ class LockService:
             for r in rows
         ]
 
-    def _live_in(self, conn: Connection, now: int, roots: set[str]) -> list[LiveItem]:
-        """Live items under `roots`. If ending lapsed ones freed anything, waiters elsewhere in the
-        queue are handed their grants first, so a newcomer never overtakes them."""
+    def _live_in(self, conn: Connection, now: int, roots: set[str] | None) -> list[LiveItem]:
+        """Live items under `roots` (None: all). If ending lapsed ones freed anything, the waiters
+        behind them are handed their grants first, so a newcomer never overtakes them (and no
+        ended lease is left without its hand-off)."""
         items = self._load(conn, roots)
         live = self._settle(conn, now, items)
         if len(live) == len(items):
