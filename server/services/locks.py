@@ -94,7 +94,7 @@ _QUEUED_RESOURCE_TASKS = (
 @dataclass(frozen=True)
 class AcquireRequest:
     claims: list[Claim]
-    ttl_s: int
+    ttl_s: int | None  # None: the lock lives as long as its task's attempt
     wait_s: float
     priority: Priority = Priority.NORMAL
     task_id: str | None = None
@@ -351,7 +351,7 @@ class LockService:
             "ttl_s": request.ttl_s,
             "created_at": now,
             "granted_at": now if held else None,
-            "expires_at": now + _us(request.ttl_s) if held else None,
+            "expires_at": now + _us(request.ttl_s) if held and request.ttl_s is not None else None,
             "wait_until": None if held else now + _us(request.wait_s),
             "ended_at": None,
             "ended_by": None,
@@ -626,47 +626,15 @@ class LockService:
         now = self._clock.now_us()
         self._serialize(conn)
         claims = parse_all([ResourceRequest.model_validate(w) for w in wanted])
-        capacities = self._capacities(conn)
+        request = AcquireRequest(claims, ttl_s=None, wait_s=0, priority=Priority.from_rank(priority), task_id=task_id)
         lock_id = new_id(LOCK)
         items = self._live_in(conn, now, {c.root for c in claims})
-        if obstacles(claims, ahead_of(items, priority, lock_id), capacities, lock_id):
+        if obstacles(claims, ahead_of(items, priority, lock_id), self._capacities(conn), lock_id):
             return None
-        fences = self._next_fences(conn, now, claims)
-        conn.execute(
-            _INSERT_LOCK,
-            {
-                "id": lock_id,
-                "holder": agent_id,
-                "party": task_id,
-                "task_id": task_id,
-                "request_id": None,
-                "status": LockStatus.HELD.value,
-                "priority": priority,
-                "ttl_s": None,
-                "created_at": now,
-                "granted_at": now,
-                "expires_at": None,
-                "wait_until": None,
-                "ended_at": None,
-                "ended_by": None,
-            },
-        )
-        rows = [
-            {
-                "lock_id": lock_id,
-                "name": c.name,
-                "mode": c.mode.value,
-                "root": c.root,
-                "fence": fences[c.name],
-                "live": True,
-            }
-            for c in claims
-        ]
-        conn.execute(_INSERT_ITEMS, rows)
-        audit.record(
-            conn, now, Principal(Role.AGENT, agent_id), "lock.acquire", lock_id, {"task": task_id, "fences": fences}
-        )
-        return [LockItemView(name=r["name"], mode=r["mode"], fence=r["fence"], lock_id=lock_id) for r in rows]
+        agent = Principal(Role.AGENT, agent_id)
+        view = self._insert(conn, now, agent, request, lock_id, task_id, held=True)
+        audit.record(conn, now, agent, "lock.acquire", lock_id, {"task": task_id, "fences": self._fences(view)})
+        return view.resources
 
     def release_for_task(self, conn: Connection, task_id: str, now: int, by: str) -> None:
         """The task's attempt ended: its task-scoped locks end with it."""
