@@ -21,6 +21,7 @@ import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 from sqlalchemy import Connection, Row, bindparam, func, insert, select, text, update
@@ -55,6 +56,10 @@ _SERIAL_KEY = 0x61666C6B  # any fixed number: the advisory lock every lock trans
 _LIVE_STATUSES = [LockStatus.WAITING.value, LockStatus.HELD.value]
 _WAKE_TASKS = 16  # queued resource tasks woken when resources free up
 
+# Literal conditions (not bound parameters) that match the partial indexes' own WHERE clauses, so
+# both planners use them: these tables keep every lock ever taken.
+_LIVE_ITEM = text("orch_lock_items.live")
+_IS_WAITING = text("orch_locks.status = 'waiting'")
 _LOAD = (
     select(
         lock_items.c.lock_id,
@@ -69,10 +74,10 @@ _LOAD = (
         locks.c.ttl_s,
     )
     .select_from(lock_items.join(locks, locks.c.id == lock_items.c.lock_id))
-    .where(lock_items.c.live.is_(True))
+    .where(_LIVE_ITEM)
 )
 _LOAD_ROOTS = _LOAD.where(lock_items.c.root.in_(bindparam("roots", expanding=True)))
-_SEMAPHORES = select(resources.c.name, resources.c.capacity).where(resources.c.capacity > 1)
+_SEMAPHORES = select(resources.c.name, resources.c.capacity).where(text("orch_resources.capacity > 1"))
 _NEXT_FENCE = text(
     "INSERT INTO orch_resources (name, capacity, fence, updated_at) VALUES (:name, 1, 1, :now) "
     "ON CONFLICT (name) DO UPDATE SET fence = orch_resources.fence + 1, updated_at = excluded.updated_at "
@@ -81,11 +86,21 @@ _NEXT_FENCE = text(
 _INSERT_LOCK = insert(locks)
 _INSERT_ITEMS = insert(lock_items)
 _END_ITEMS = update(lock_items).where(lock_items.c.lock_id.in_(bindparam("ids", expanding=True))).values(live=False)
-_ANY_WAITING = select(locks.c.id).where(locks.c.status == LockStatus.WAITING.value).limit(1)
-_PARTY_WAITING = _ANY_WAITING.where(locks.c.party == bindparam("party"))
+_LOCK_ROW = select(locks).where(locks.c.id == bindparam("lock_id"))
+_ITEMS_OF = select(lock_items).where(lock_items.c.lock_id == bindparam("lock_id")).order_by(lock_items.c.name)
+_LAPSED = text(
+    "SELECT 1 FROM orch_locks WHERE status = 'held' AND expires_at <= :now "
+    "UNION ALL SELECT 1 FROM orch_locks WHERE status = 'waiting' AND wait_until <= :now"
+)
+_PARTY_WAITING = select(locks.c.id).where(_IS_WAITING, locks.c.party == bindparam("party")).limit(1)
+# One round trip tells a release whether anything waits: lock requests, or tasks that need resources.
+_ANYONE_WAITING = text(
+    "SELECT (SELECT 1 FROM orch_locks WHERE status = 'waiting' LIMIT 1) AS locks, "
+    "(SELECT 1 FROM orch_tasks WHERE status = 'queued' AND resources IS NOT NULL LIMIT 1) AS tasks"
+)
 _QUEUED_RESOURCE_TASKS = (
     select(tasks.c.capabilities, tasks.c.pinned_agent_id, tasks.c.ready_at)
-    .where(tasks.c.status == TaskStatus.QUEUED.value, tasks.c.resources.is_not(None))
+    .where(text("orch_tasks.status = 'queued' AND orch_tasks.resources IS NOT NULL"))
     .order_by(tasks.c.dispatch_key, tasks.c.id)
     .limit(_WAKE_TASKS)
 )
@@ -163,7 +178,7 @@ def _grant_view(placed: _Placed) -> LockGrant:
     )
 
 
-def _lock_view(row: Row[Any], items: Sequence[Row[Any]], position: int | None = None) -> LockView:
+def _lock_view(row: Any, items: Sequence[Row[Any]], position: int | None = None) -> LockView:
     return LockView(
         id=row.id,
         holder=row.holder,
@@ -182,10 +197,13 @@ def _lock_view(row: Row[Any], items: Sequence[Row[Any]], position: int | None = 
     )
 
 
+def _items_of(conn: Connection, lock_id: str) -> Sequence[Row[Any]]:
+    return conn.execute(_ITEMS_OF, {"lock_id": lock_id}).all()
+
+
 def _read_lock(conn: Connection, lock_id: str, position: int | None = None) -> LockView:
-    row = conn.execute(select(locks).where(locks.c.id == lock_id)).one()
-    items = conn.execute(select(lock_items).where(lock_items.c.lock_id == lock_id).order_by(lock_items.c.name)).all()
-    return _lock_view(row, items, position)
+    row = conn.execute(_LOCK_ROW, {"lock_id": lock_id}).one()
+    return _lock_view(row, _items_of(conn, lock_id), position)
 
 
 class LockService:
@@ -513,7 +531,7 @@ class LockService:
     def _release_tx(self, conn: Connection, principal: Principal, lock_id: str) -> tuple[LockView, LeaseExpired | None]:
         now = self._clock.now_us()
         self._serialize(conn)
-        row = conn.execute(select(locks).where(locks.c.id == lock_id)).first()
+        row = conn.execute(_LOCK_ROW, {"lock_id": lock_id}).first()
         if row is None or (row.holder != principal.id and not principal.is_admin):
             raise NotFound(f"no lock {lock_id} of yours")
         if row.status == LockStatus.RELEASED and row.ended_by == principal.id:
@@ -534,7 +552,11 @@ class LockService:
         action = "lock.force_release" if forced else "lock.release"
         audit.record(conn, now, principal, action, lock_id, {"holder": row.holder, "was": row.status})
         self._hand_off(conn, now)
-        return _read_lock(conn, lock_id), None
+        # The row as this transaction left it, without reading it again.
+        ended = SimpleNamespace(
+            **{**row._mapping, "status": new_status.value, "ended_at": now, "ended_by": principal.id}
+        )
+        return _lock_view(ended, _items_of(conn, lock_id)), None
 
     # -- list / resources ----------------------------------------------------------------------
     async def list(self, prefix: str | None = None, holder: str | None = None) -> LockList:
@@ -570,7 +592,7 @@ class LockService:
         self._serialize(conn)
         shared = conn.execute(
             select(lock_items.c.lock_id).where(
-                lock_items.c.name == name, lock_items.c.live.is_(True), lock_items.c.mode == LockMode.SHARED.value
+                lock_items.c.name == name, _LIVE_ITEM, lock_items.c.mode == LockMode.SHARED.value
             )
         ).first()
         if shared is not None and capacity > 1:
@@ -601,11 +623,7 @@ class LockService:
 
     def _anything_lapsed_tx(self, conn: Connection) -> bool:
         now = self._clock.now_us()
-        lapsed = select(locks.c.id).where(
-            ((locks.c.status == LockStatus.HELD.value) & (locks.c.expires_at <= now))
-            | ((locks.c.status == LockStatus.WAITING.value) & (locks.c.wait_until <= now))
-        )
-        return conn.execute(lapsed.limit(1)).first() is not None
+        return conn.execute(_LAPSED, {"now": now}).first() is not None
 
     def _sweep_tx(self, conn: Connection) -> int:
         now = self._clock.now_us()
@@ -756,8 +774,10 @@ class LockService:
     def _hand_off(self, conn: Connection, now: int) -> None:
         """Resources were freed: grant waiting requests in queue order, wake them after commit,
         and wake claimers of queued tasks that need resources."""
-        self._wake_resource_tasks(conn)
-        if conn.execute(_ANY_WAITING).first() is None:
+        waiting = conn.execute(_ANYONE_WAITING).one()
+        if waiting.tasks:
+            self._wake_resource_tasks(conn)
+        if not waiting.locks:
             return
         capacities = self._capacities(conn)
         items = self._settle(conn, now, self._load(conn, None))

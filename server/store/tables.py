@@ -118,6 +118,14 @@ tasks = Table(
         sqlite_where=text("status = 'queued'"),
         postgresql_where=text("status = 'queued'"),
     ),
+    # Queued tasks that wait for resources: woken when resources are freed.
+    Index(
+        "ix_orch_tasks_resource_queue",
+        "dispatch_key",
+        "id",
+        sqlite_where=text("status = 'queued' AND resources IS NOT NULL"),
+        postgresql_where=text("status = 'queued' AND resources IS NOT NULL"),
+    ),
     Index(
         "ix_orch_tasks_leases",
         "lease_expires_at",
@@ -153,6 +161,13 @@ resources = Table(
     Column("updated_at", BigInteger, nullable=False),
     CheckConstraint("capacity >= 1", name="capacity"),
     CheckConstraint("fence >= 0", name="fence"),
+    # Every acquire reads the semaphores; the table keeps a row per name ever locked.
+    Index(
+        "ix_orch_resources_semaphores",
+        "name",
+        sqlite_where=text("capacity > 1"),
+        postgresql_where=text("capacity > 1"),
+    ),
 )
 
 locks = Table(

@@ -108,9 +108,28 @@ def upgrade() -> None:
     op.execute("UPDATE orch_tasks SET has_locks = false")
     with op.batch_alter_table("orch_tasks", schema=None) as batch_op:
         batch_op.alter_column("has_locks", existing_type=sa.Boolean(), nullable=False)
+        batch_op.create_index(
+            "ix_orch_tasks_resource_queue",
+            ["dispatch_key", "id"],
+            unique=False,
+            sqlite_where=sa.text("status = 'queued' AND resources IS NOT NULL"),
+            postgresql_where=sa.text("status = 'queued' AND resources IS NOT NULL"),
+        )
+    with op.batch_alter_table("orch_resources", schema=None) as batch_op:
+        batch_op.create_index(
+            "ix_orch_resources_semaphores",
+            ["name"],
+            unique=False,
+            sqlite_where=sa.text("capacity > 1"),
+            postgresql_where=sa.text("capacity > 1"),
+        )
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("orch_resources", schema=None) as batch_op:
+        batch_op.drop_index("ix_orch_resources_semaphores")
+    with op.batch_alter_table("orch_tasks", schema=None) as batch_op:
+        batch_op.drop_index("ix_orch_tasks_resource_queue")
     with op.batch_alter_table("orch_tasks", schema=None) as batch_op:
         batch_op.drop_column("has_locks")
         batch_op.drop_column("resources")
