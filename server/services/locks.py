@@ -86,6 +86,17 @@ _NEXT_FENCE = text(
 _INSERT_LOCK = insert(locks)
 _INSERT_ITEMS = insert(lock_items)
 _END_ITEMS = update(lock_items).where(lock_items.c.lock_id.in_(bindparam("ids", expanding=True))).values(live=False)
+# Ending locks (release, expiry, timeout, withdrawal), built once: the hot path of every release.
+_END = (
+    update(locks)
+    .where(locks.c.id.in_(bindparam("ids", expanding=True)), locks.c.status == bindparam("from_status"))
+    .values(status=bindparam("to_status"), ended_at=bindparam("now"), ended_by=bindparam("by"))
+    .returning(locks.c.id)
+)
+_END_LAPSED = {
+    LockStatus.HELD: _END.where(locks.c.expires_at <= bindparam("now")),
+    LockStatus.WAITING: _END.where(locks.c.wait_until <= bindparam("now")),
+}
 _LOCK_ROW = select(locks).where(locks.c.id == bindparam("lock_id"))
 _ITEMS_OF = select(lock_items).where(lock_items.c.lock_id == bindparam("lock_id")).order_by(lock_items.c.name)
 _LAPSED = text(
@@ -751,15 +762,9 @@ class LockService:
     ) -> list[str]:
         if not lock_ids:
             return []
-        guard = [locks.c.id.in_(lock_ids), locks.c.status == from_status.value]
-        if lapsed:
-            deadline = locks.c.expires_at if from_status is LockStatus.HELD else locks.c.wait_until
-            guard.append(deadline <= now)
-        ended = list(
-            conn.execute(
-                update(locks).where(*guard).values(status=status.value, ended_at=now, ended_by=by).returning(locks.c.id)
-            ).scalars()
-        )
+        statement = _END_LAPSED[from_status] if lapsed else _END
+        params = {"ids": lock_ids, "from_status": from_status.value, "to_status": status.value, "now": now, "by": by}
+        ended = list(conn.execute(statement, params).scalars())
         if ended:
             conn.execute(_END_ITEMS, {"ids": ended})
             if from_status is LockStatus.WAITING:
