@@ -31,7 +31,7 @@ from server.domain.backoff import Random
 from server.domain.principal import REAPER, Principal, Role
 from server.domain.priority import Priority
 from server.domain.resources import Claim, LockMode, ResourceRequest, parse_all, parse_name
-from server.domain.statuses import LockStatus, TaskStatus
+from server.domain.statuses import LIVE_LOCK_STATUSES, LockStatus, TaskStatus
 from server.domain.views import LockConflict, LockGrant, LockItemView, LockList, LockView, ResourceView
 from server.errors import Conflict, Deadlock, InvalidInput, LeaseExpired, LockTimeout, NotFound, PermissionDenied
 from server.ids import LOCK, new_id
@@ -53,7 +53,7 @@ from server.store.dialect import LOCK_CHANNEL, notify
 from server.store.tables import lock_items, locks, resources, tasks
 
 _SERIAL_KEY = 0x61666C6B  # any fixed number: the advisory lock every lock transaction takes on PostgreSQL
-_LIVE_STATUSES = [LockStatus.WAITING.value, LockStatus.HELD.value]
+_LIVE_STATUSES = sorted(s.value for s in LIVE_LOCK_STATUSES)
 _WAKE_TASKS = 16  # queued resource tasks woken when resources free up
 
 # Literal conditions (not bound parameters) that match the partial indexes' own WHERE clauses, so
@@ -470,6 +470,8 @@ class LockService:
             return view, 0, ""
         loaded = self._load(conn, None)
         mine = [i for i in loaded if i.lock_id == lock_id]
+        if not mine:  # its items are gone: nothing of it is queued any more
+            return view, 0, ""
         items = self._settle(conn, now, [i for i in loaded if i.lock_id != lock_id]) + mine
         claims = [i.claim for i in mine]
         rank = mine[0].priority
