@@ -104,6 +104,18 @@ STORES = [
 ]
 
 
+# Marks for tests of several `agentfleet serve` replicas: they share a store only on PostgreSQL.
+REPLICA_TEST = [
+    pytest.mark.anyio,
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not PG_URL,
+        reason="replicas share a store only on PostgreSQL: set AGENTFLEET_TEST_DATABASE_URL=postgresql://… to run them",
+    ),
+    pytest.mark.parametrize("database_url", ["postgresql"], indirect=True),  # not the sqlite half
+]
+
+
 @pytest.fixture(params=STORES)
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A fresh, migrated-on-demand store for one test."""

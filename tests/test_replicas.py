@@ -18,7 +18,7 @@ from sqlalchemy.pool import NullPool
 
 from server.store.database import normalize_url
 from server.store.tables import task_attempts, tasks
-from tests.conftest import PG_URL, TEST_PROFILES
+from tests.conftest import REPLICA_TEST, TEST_PROFILES
 from tests.helpers import call
 from tests.workers.mcp_claimer import ClaimerProcess
 
@@ -26,15 +26,7 @@ if TYPE_CHECKING:
     from tests.serving import FleetServer, ServeFactory
 
 pytest_plugins = ["tests.serving"]
-pytestmark = [
-    pytest.mark.anyio,
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        not PG_URL,
-        reason="replicas share a store only on PostgreSQL: set AGENTFLEET_TEST_DATABASE_URL=postgresql://… to run them",
-    ),
-    pytest.mark.parametrize("database_url", ["postgresql"], indirect=True),  # not the sqlite half
-]
+pytestmark = REPLICA_TEST
 
 # Tests name database_url before serve: set up first, torn down last, so each PostgreSQL test
 # database outlives the servers using it.
