@@ -1,4 +1,5 @@
-"""Where SQLite and PostgreSQL differ: JSON-array subset tests and cross-replica notifications."""
+"""Where SQLite and PostgreSQL differ: JSON-array subset tests, insert-or-ignore and cross-replica
+notifications."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import psycopg
-from sqlalchemy import Connection, Engine, text
+from sqlalchemy import Connection, Engine, Table, text
+from sqlalchemy.dialects import postgresql, sqlite
 
 TASK_CHANNEL = "agentfleet_tasks"
 LOCK_CHANNEL = "agentfleet_locks"
@@ -22,6 +24,12 @@ def json_subset(dialect: str, small: str, big: str) -> str:
         f"NOT EXISTS (SELECT 1 FROM json_each({small}) AS need "
         f"WHERE need.value NOT IN (SELECT have.value FROM json_each({big}) AS have))"
     )
+
+
+def insert_ignoring_duplicates(conn: Connection, table: Table, values: dict[str, Any], unique_column: str) -> None:
+    """INSERT unless a row with the same unique value exists (ON CONFLICT DO NOTHING on both)."""
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    conn.execute(dialect.insert(table).values(values).on_conflict_do_nothing(index_elements=[unique_column]))
 
 
 def notify(conn: Connection, channel: str, payload: dict[str, Any]) -> None:

@@ -21,6 +21,7 @@ from sqlalchemy import (
     text,
 )
 
+from server.domain.budget import Enforcement, HoldStatus, Period
 from server.domain.statuses import AgentStatus, LockStatus, TaskStatus
 
 NAMING = {
@@ -60,6 +61,8 @@ agents = Table(
     Column("labels", JSON, nullable=False),
     # Snapshot of the profile's limit at spawn: editing a profile file never changes running agents.
     Column("max_concurrency", Integer, nullable=False),
+    # Budget pools the agent joined (from its profile and its spawn call): scopes `pool:<name>`.
+    Column("pools", JSON, nullable=False, server_default=text("'[]'")),
     CheckConstraint(_one_of("status", [s.value for s in AgentStatus]), name="status"),
 )
 
@@ -101,6 +104,8 @@ tasks = Table(
     Column("resources", JSON(none_as_null=True), nullable=True),
     # Set once a lock was ever bound to the task, so ending a task looks for locks only then.
     Column("has_locks", Boolean, nullable=False, default=False),
+    # Reserved from the claiming agent's budgets at dispatch, settled when the attempt ends.
+    Column("estimated_cost_micros", BigInteger, nullable=True),
     CheckConstraint(_one_of("status", [s.value for s in TaskStatus]), name="status"),
     CheckConstraint("priority BETWEEN 0 AND 3", name="priority"),
     CheckConstraint("attempts <= max_attempts", name="attempts"),
@@ -227,6 +232,96 @@ lock_items = Table(
     Column("live", Boolean, nullable=False),  # its lock is waiting or held
     CheckConstraint("mode IN ('exclusive', 'shared')", name="mode"),
     Index("ix_orch_lock_items_live_root", "root", sqlite_where=text("live"), postgresql_where=text("live")),
+)
+
+# One budget per scope. spent counts the current period (period_start; 0 for `total`), reserved
+# every open hold; a write that finds period_start behind the clock rolls the period over first.
+budgets = Table(
+    "orch_budgets",
+    metadata,
+    Column("id", String(ID), primary_key=True),
+    Column("scope", String(120), nullable=False, unique=True),
+    Column("limit_micros", BigInteger, nullable=False),
+    Column("period", String(10), nullable=False),
+    Column("enforcement", String(10), nullable=False),
+    Column("thresholds", JSON, nullable=False),
+    Column("period_start", BigInteger, nullable=False),
+    Column("spent_micros", BigInteger, nullable=False),
+    Column("reserved_micros", BigInteger, nullable=False),
+    Column("created_by", String(60), nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+    CheckConstraint(_one_of("period", [p.value for p in Period]), name="period"),
+    CheckConstraint(_one_of("enforcement", [e.value for e in Enforcement]), name="enforcement"),
+    CheckConstraint("limit_micros >= 0 AND spent_micros >= 0 AND reserved_micros >= 0", name="amounts"),
+)
+
+# Money set aside before it is spent: by budget_reserve (with a TTL) or by a task's dispatch (for
+# the attempt). budget_ids are the budgets whose `reserved` it was added to, so it leaves exactly those.
+budget_holds = Table(
+    "orch_budget_holds",
+    metadata,
+    Column("id", String(ID), primary_key=True),
+    Column("holder", String(60), nullable=False, index=True),
+    Column("task_id", String(ID), ForeignKey("orch_tasks.id"), nullable=True),
+    Column("purpose", String(500), nullable=True),
+    Column("amount_micros", BigInteger, nullable=False),
+    Column("drawn_micros", BigInteger, nullable=False),  # usage recorded against it so far
+    Column("spent_micros", BigInteger, nullable=True),  # set when settled
+    Column("status", String(20), nullable=False),
+    Column("budget_ids", JSON, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("expires_at", BigInteger, nullable=True),  # null: lives as long as its task attempt
+    Column("ended_at", BigInteger, nullable=True),
+    CheckConstraint(_one_of("status", [s.value for s in HoldStatus]), name="status"),
+    CheckConstraint("drawn_micros >= 0 AND drawn_micros <= amount_micros", name="drawn"),
+    CheckConstraint("expires_at IS NOT NULL OR task_id IS NOT NULL", name="ttl_or_task"),
+    Index(
+        "ix_orch_budget_holds_expiry",
+        "expires_at",
+        sqlite_where=text("status = 'held'"),
+        postgresql_where=text("status = 'held'"),
+    ),
+    Index(
+        "ix_orch_budget_holds_task",
+        "task_id",
+        sqlite_where=text("status = 'held'"),
+        postgresql_where=text("status = 'held'"),
+    ),
+)
+
+# The usage ledger: one immutable row per recorded spend (triggers refuse UPDATE and DELETE).
+# scopes lists every scope the spender's spend counted in when it was recorded.
+usage = Table(
+    "orch_usage",
+    metadata,
+    Column("id", String(ID), primary_key=True),
+    Column("at", BigInteger, nullable=False, index=True),
+    Column("agent_id", String(ID), ForeignKey("orch_agents.id"), nullable=True),  # null: the admin's own
+    Column("task_id", String(ID), ForeignKey("orch_tasks.id"), nullable=True),
+    Column("task_type", String(100), nullable=True),
+    Column("hold_id", String(ID), ForeignKey("orch_budget_holds.id"), nullable=True),
+    Column("model", String(120), nullable=True),  # null: settled through budget_release
+    Column("input_tokens", BigInteger, nullable=False),
+    Column("output_tokens", BigInteger, nullable=False),
+    Column("cached_input_tokens", BigInteger, nullable=False),
+    Column("cost_micros", BigInteger, nullable=False),
+    Column("priced_by", String(20), nullable=False),  # price_table | caller | settlement
+    Column("scopes", JSON, nullable=False),
+    CheckConstraint("cost_micros >= 0", name="cost"),
+)
+
+# Things that happened that someone may want to hear about (budget thresholds now; more later).
+# dedupe_key makes "once per period and threshold" a unique-index rule rather than a hope.
+events = Table(
+    "orch_events",
+    metadata,
+    Column("id", String(ID), primary_key=True),
+    Column("at", BigInteger, nullable=False),
+    Column("kind", String(60), nullable=False),
+    Column("subject", String(ID), nullable=False, index=True),
+    Column("detail", JSON, nullable=False),
+    Column("dedupe_key", String(200), nullable=True, unique=True),
 )
 
 audit_log = Table(
