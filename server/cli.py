@@ -129,13 +129,14 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from server.clock import SystemClock
     from server.services.fleet import FleetService
     from server.store.database import Database, create_store_engine
 
     settings = _settings(args)
     db = Database(create_store_engine(settings.resolved_database_url))
     try:
-        fleet = FleetService(db)
+        fleet = FleetService(db, SystemClock())
         readiness = fleet.readiness_sync()
         if not readiness.ready:
             print(
@@ -155,6 +156,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     for name, by_priority in status.tasks.items():
         print(f"{name:<18}" + "".join(f"{by_priority[p]:>10}" for p in ("critical", "high", "normal", "low")))
     print(f"total: {status.totals['agents']} agents, {status.totals['tasks']} tasks")
+    for budget in status.budgets:
+        state = "BLOCKED" if budget.blocked else budget.enforcement
+        print(
+            f"budget {budget.scope}: {budget.percent:.1f}% of {budget.limit_usd} USD ({budget.period}, {state}; "
+            f"spent {budget.spent_usd}, reserved {budget.reserved_usd})"
+        )
     return 0
 
 

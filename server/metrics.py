@@ -26,8 +26,14 @@ class _FleetCollector(Collector):
         for name, by_priority in status.tasks.items():
             for priority, count in by_priority.items():
                 tasks.add_metric([name, priority], count)
+        budget = GaugeMetricFamily(
+            "agentfleet_budget_percent", "Budget used (spent + reserved) as a percent of its limit", labels=["scope"]
+        )
+        for summary in status.budgets:
+            budget.add_metric([summary.scope], summary.percent)
         yield agents
         yield tasks
+        yield budget
 
 
 class Metrics:

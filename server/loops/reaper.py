@@ -1,4 +1,4 @@
-"""Ends lapsed task and lock leases (and lock waits whose caller is gone). Every replica runs
+"""Ends lapsed task and lock leases (and lock waits whose caller is gone) and expired budget holds. Every replica runs
 it; conditional updates (and SKIP LOCKED or the lock table's advisory lock on PostgreSQL) make
 concurrent reapers harmless."""
 
@@ -24,6 +24,9 @@ async def run_reaper(services: Services) -> None:
             ended = await services.locks.sweep()
             if ended:
                 log.info("ended %d lapsed lock lease(s) or wait(s)", ended)
+            ended = await services.budgets.sweep()
+            if ended:
+                log.info("expired %d budget hold(s)", ended)
         except FleetError as exc:  # the store is briefly unavailable: try again next round
             log.warning("reaper: %s", exc)
         await anyio.sleep(interval)

@@ -8,9 +8,11 @@ from server.clock import Clock, SystemClock
 from server.services.a2a_records import A2ARecordService
 from server.services.agents import AgentService
 from server.services.auth import Authenticator
+from server.services.budgets import BudgetService
 from server.services.fleet import FleetService
 from server.services.leases import LeaseService
 from server.services.locks import LockService
+from server.services.pricing import PriceTable
 from server.services.profiles import ProfileRegistry, shipped_profiles_dir
 from server.services.signals import LockSignals, TaskSignals
 from server.services.tasks import TaskService
@@ -30,6 +32,7 @@ class Services:
     tasks: TaskService
     leases: LeaseService
     locks: LockService
+    budgets: BudgetService
     signals: TaskSignals
     lock_signals: LockSignals
     fleet: FleetService
@@ -60,6 +63,7 @@ def build_services(
     lock_signals = LockSignals()
     locks = LockService(db, clock, lock_signals, signals, settings.claim_recheck_s)
     leases = LeaseService(db, clock, signals, locks, settings.claim_recheck_s)
+    budgets = BudgetService(db, clock, profiles, PriceTable.load(settings.data_dir))
     return Services(
         settings=settings,
         db=db,
@@ -70,8 +74,9 @@ def build_services(
         tasks=TaskService(db, clock, profiles, signals, settings.max_payload_bytes, settings.priority_aging_s),
         leases=leases,
         locks=locks,
+        budgets=budgets,
         signals=signals,
         lock_signals=lock_signals,
-        fleet=FleetService(db),
+        fleet=FleetService(db, clock),
         a2a_records=A2ARecordService(db, clock),
     )

@@ -7,9 +7,11 @@ from dataclasses import dataclass
 
 from sqlalchemy import Connection, func, select
 
+from server.clock import Clock
 from server.domain.priority import Priority
 from server.domain.statuses import AgentStatus, TaskStatus
 from server.domain.views import FleetStatus
+from server.services.budget_views import budget_summaries
 from server.store import migrate
 from server.store.database import Database
 from server.store.tables import agents, tasks
@@ -34,14 +36,14 @@ class Readiness:
 
 
 class FleetService:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, clock: Clock) -> None:
         self._db = db
+        self._clock = clock
 
     async def status(self) -> FleetStatus:
         return await self._db.read(self._status_tx)
 
-    @staticmethod
-    def _status_tx(conn: Connection) -> FleetStatus:
+    def _status_tx(self, conn: Connection) -> FleetStatus:
         agent_counts = {s.value: 0 for s in AgentStatus}
         for status, count in conn.execute(_agents_by_status):
             agent_counts[status] = count
@@ -56,6 +58,7 @@ class FleetService:
                 "agents": sum(agent_counts.values()),
                 "tasks": sum(sum(by_p.values()) for by_p in task_counts.values()),
             },
+            budgets=budget_summaries(conn, self._clock.now_us()),
         )
 
     def readiness_sync(self) -> Readiness:
