@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from server.domain.budget import POOL_NAME
 
 
 class Runtime(StrEnum):
@@ -31,6 +34,9 @@ class Profile(BaseModel):
     runtime: Runtime = Runtime.EXTERNAL
     capabilities: tuple[str, ...] = Field(default=(), max_length=64)
     max_concurrency: int = Field(1, ge=1, le=1000, description="leases an agent may hold at once")
+    pools: tuple[Annotated[str, Field(pattern=POOL_NAME)], ...] = Field(
+        default=(), max_length=16, description="budget pools its agents join (scopes pool:<name>)"
+    )
     limits: ProfileLimits = Field(default_factory=ProfileLimits)
 
     @property

@@ -5,10 +5,12 @@ from __future__ import annotations
 import hashlib
 import json
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from server.domain.money import MAX_USD
 from server.domain.priority import Priority
 from server.domain.resources import ResourceRequest
 
@@ -31,6 +33,9 @@ class TaskSpec(BaseModel):
     backoff_cap_s: float = Field(300.0, ge=0.01, le=86_400)
     allow_unroutable: bool = Field(False, description="queue even if no live agent or profile can run it")
     resources: tuple[ResourceRequest, ...] = Field((), description="claimed only together with these locks")
+    estimated_cost_usd: Decimal | None = Field(
+        None, ge=0, le=MAX_USD, decimal_places=6, description="set aside from the claiming agent's budgets per attempt"
+    )
 
     @field_validator("not_before")
     @classmethod

@@ -34,6 +34,7 @@ class AgentView(View):
     last_heartbeat_at: str | None
     terminated_at: str | None
     labels: dict[str, str]
+    pools: list[str] = Field(description="budget pools the agent belongs to (scopes pool:<name>)")
     children: list[str] | None = Field(None, description="ids of direct children (agent_get only)")
 
 
@@ -95,6 +96,9 @@ class TaskView(View):
     unroutable: bool = Field(description="queued although no live agent or profile had its capabilities")
     resources: list[dict[str, str]] | None = Field(
         description="resources the task needs ({name, mode}); it is claimed only together with their locks"
+    )
+    estimated_cost_usd: str | None = Field(
+        None, description="set aside from the claiming agent's budgets for each attempt, settled when it ends"
     )
     locks: list[LockItemView] | None = Field(
         None, description="locks the current attempt holds, with fencing tokens (claim result and task_get)"
@@ -190,8 +194,86 @@ class TaskList(View):
     next_cursor: str | None = Field(description="pass as `cursor` for the next page; null at the end")
 
 
+class ThresholdView(View):
+    percent: int
+    action: str = Field(description="notify, warn, or block (hard budgets: no new dispatch or spawn)")
+    crossed: bool = Field(description="reached in the current period")
+
+
+class BudgetSummary(View):
+    scope: str
+    period: str
+    enforcement: str
+    limit_usd: str
+    spent_usd: str = Field(description="recorded spend in the current period")
+    reserved_usd: str = Field(description="set aside by open holds")
+    percent: float = Field(description="spent plus reserved, as a percent of the limit")
+    blocked: bool = Field(description="a hard budget at its block threshold: no new dispatch or spawn in scope")
+
+
+class BudgetView(BudgetSummary):
+    id: str
+    remaining_usd: str = Field(description="limit minus spent minus reserved (never below 0)")
+    thresholds: list[ThresholdView]
+    period_start: str | None = Field(description="UTC start of the current period; null for `total`")
+    period_end: str | None = Field(description="when spend resets; null for `total`")
+    created_at: str
+    updated_at: str
+
+
+class BudgetEvent(View):
+    id: str
+    at: str
+    percent: int
+    action: str
+    committed_usd: str = Field(description="spent plus reserved when the threshold was crossed")
+
+
+class BudgetReport(View):
+    budget: BudgetView
+    spent_last_hour_usd: str
+    spent_last_day_usd: str
+    burn_usd_per_hour: str = Field(description="the last hour's spend, or the last day's average if that hour was idle")
+    forecast_exhausted_at: str | None = Field(description="when the limit is reached at the burn rate; null if idle")
+    by_agent: dict[str, str] = Field(description="current-period spend per agent id ('admin' for the admin's own)")
+    by_model: dict[str, str] = Field(description="current-period spend per model ('settlement' for budget_release)")
+    by_task_type: dict[str, str] = Field(description="current-period spend per task type ('none': no task)")
+    events: list[BudgetEvent] = Field(description="thresholds crossed in the current period")
+
+
+class BudgetReports(View):
+    budgets: list[BudgetReport]
+
+
+class HoldView(View):
+    id: str
+    holder: str = Field(description="the agent (or admin) whose money is set aside")
+    task_id: str | None = Field(description="set for a task's dispatch hold: settled when the attempt ends")
+    purpose: str | None
+    status: str = Field(description="held, settled or expired")
+    amount_usd: str
+    drawn_usd: str = Field(description="usage recorded against the hold so far")
+    spent_usd: str | None = Field(description="what was spent under it, once settled or expired")
+    budgets: list[str] = Field(description="scopes whose reserved amount it counts in")
+    created_at: str
+    expires_at: str | None
+    ended_at: str | None
+
+
+class UsageReceipt(View):
+    id: str
+    model: str
+    cost_usd: str
+    priced_by: str = Field(description="price_table, or caller (cost_usd was given)")
+    task_id: str | None
+    hold_id: str | None
+    drawn_from_hold_usd: str = Field(description="how much of the cost the hold had set aside")
+    budgets: list[BudgetSummary] = Field(description="every budget the spend counted in, after it")
+
+
 class FleetStatus(View):
     agents: dict[str, int] = Field(description="agent count by status")
     tasks: dict[str, dict[str, int]] = Field(description="task count by status, then by priority")
     unroutable: int = Field(description="queued tasks no live agent or profile could run when submitted")
     totals: dict[str, int]
+    budgets: list[BudgetSummary] = Field(description="every budget with its percent used in the current period")

@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import Connection, Row, func, select, update
 
 from server.clock import Clock, to_iso
+from server.domain.budget import POOL_NAME
 from server.domain.capabilities import validate_capabilities
 from server.domain.principal import Principal
 from server.domain.statuses import LIVE_AGENT_STATUSES, AgentStatus, agent_sources
@@ -18,6 +19,7 @@ from server.ids import AGENT, new_id
 from server.services import audit
 from server.services.agent_rows import touch_agent
 from server.services.auth import hash_token, new_agent_token
+from server.services.budget_rows import applicable_to_child, refuse_if_blocked, release_holds_of
 from server.services.leases import LeaseService
 from server.services.locks import LockService
 from server.services.profiles import ProfileRegistry
@@ -25,6 +27,7 @@ from server.store.database import Database
 from server.store.tables import agents
 
 NAME = re.compile(r"^[\w .:@/-]{1,200}$")
+POOL = re.compile(POOL_NAME)
 _LIVE = [s.value for s in LIVE_AGENT_STATUSES]
 
 
@@ -42,6 +45,7 @@ def agent_view(row: Row[Any], children: list[str] | None = None) -> AgentView:
         last_heartbeat_at=to_iso(row.last_heartbeat_at),
         terminated_at=to_iso(row.terminated_at),
         labels=dict(row.labels),
+        pools=list(row.pools),
         children=children,
     )
 
@@ -89,9 +93,13 @@ class AgentService:
         capabilities: Sequence[str] = (),
         parent_id: str | None = None,
         labels: dict[str, str] | None = None,
+        pools: Sequence[str] = (),
     ) -> SpawnedAgent:
         chosen = self._profiles.resolve(profile)
         extra = validate_capabilities(capabilities)
+        bad_pools = [p for p in pools if not POOL.match(p)]
+        if bad_pools or len(pools) > 16:
+            raise InvalidInput(f"pools: up to 16 names of lowercase letters, digits and _.- ; got {bad_pools or pools}")
         labels = dict(labels or {})
         if len(labels) > 32 or any(len(k) > 64 or len(str(v)) > 256 for k, v in labels.items()):
             raise InvalidInput("labels: at most 32, keys up to 64 and values up to 256 characters")
@@ -114,6 +122,7 @@ class AgentService:
             labels,
             token,
             chosen.max_concurrency,
+            sorted({*chosen.pools, *pools}),
         )
         return SpawnedAgent(agent=agent_view(row), token=token)
 
@@ -130,11 +139,13 @@ class AgentService:
         labels: dict[str, str],
         token: str,
         max_concurrency: int,
+        pools: list[str],
     ) -> Row[Any]:
         now = self._clock.now_us()
         depth = 0
         if parent_id is not None:
             depth = self._check_parent(conn, parent_id)
+        refuse_if_blocked(applicable_to_child(conn, parent_id, profile, pools), now, "spawn")
         agent_id = new_id(AGENT)
         conn.execute(
             agents.insert().values(
@@ -152,6 +163,7 @@ class AgentService:
                 created_at=now,
                 labels=labels,
                 max_concurrency=max_concurrency,
+                pools=pools,
             )
         )
         audit.record(
@@ -265,6 +277,7 @@ class AgentService:
         )
         released = self._leases.release_held_by(conn, list(ended), now)
         self._locks.release_for_agents(conn, list(ended), now, principal.id)
+        release_holds_of(conn, list(ended), now)
         for ended_id in ended:
             audit.record(conn, now, principal, "agent.terminate", ended_id, {"cascade_from": agent_id})
         return [agent_id, *sorted(set(ended) - {agent_id})], released

@@ -26,6 +26,7 @@ from server.domain.views import ClaimResult, LockItemView, TaskLease, TaskView
 from server.errors import Conflict, InvalidInput, LeaseExpired, NotFound, PermissionDenied
 from server.services import audit
 from server.services.agent_rows import touch_agent
+from server.services.budget_rows import hold_for_dispatch, settle_task_hold
 from server.services.locks import LockService
 from server.services.signals import TaskSignals, Waiter
 from server.services.task_rows import task_view
@@ -218,6 +219,7 @@ class LeaseService:
             row, held = self._take_with_resources(conn, params)
         if row is None:
             return _ClaimOutcome(None, capabilities)
+        hold_for_dispatch(conn, agent, row.id, row.estimated_cost_micros, now)
         conn.execute(
             _START_ATTEMPT, {"task_id": row.id, "number": row.attempts, "agent_id": agent_id, "started_at": now}
         )
@@ -297,6 +299,8 @@ class LeaseService:
         self._end_attempt(conn, row.id, row.attempts, now, "completed", None)
         if row.has_locks:
             self._locks.release_for_task(conn, row.id, now, agent_id)
+        if row.estimated_cost_micros:
+            settle_task_hold(conn, row.id, now)
         audit.record(conn, now, principal, "task.complete", task_id, {})
         return task_view(row)
 
@@ -410,6 +414,8 @@ class LeaseService:
         self._end_attempt(conn, row.id, row.attempts, now, outcome, error)
         if row.has_locks:
             self._locks.release_for_task(conn, row.id, now, REAPER.id if lapsed else row.agent_id)
+        if row.estimated_cost_micros:
+            settle_task_hold(conn, row.id, now)
         if requeued is not None:
             announce_ready(conn, self._signals, requeued.capabilities, requeued.pinned, requeued.ready_at)
         return task_view(updated), requeued

@@ -7,6 +7,7 @@ from typing import Any
 from sqlalchemy import Connection, Row, select
 
 from server.clock import to_iso
+from server.domain.money import usd
 from server.domain.priority import Priority
 from server.domain.statuses import LockStatus
 from server.domain.views import AttemptView, LockItemView, TaskView
@@ -45,6 +46,7 @@ def task_view(
         usage=row.usage,
         unroutable=row.unroutable,
         resources=row.resources,
+        estimated_cost_usd=None if row.estimated_cost_micros is None else str(usd(row.estimated_cost_micros)),
         locks=locks,
         attempt_history=attempts,
     )

@@ -13,6 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from server.clock import MICROS, Clock, from_iso
 from server.domain.backoff import dispatch_key
 from server.domain.capabilities import validate_capabilities
+from server.domain.money import to_micros
 from server.domain.principal import Principal
 from server.domain.resources import parse_all
 from server.domain.statuses import LIVE_AGENT_STATUSES, TaskStatus, task_sources
@@ -126,6 +127,9 @@ class TaskService:
             unroutable=unroutable,
             resources=[r.model_dump(mode="json") for r in sorted(spec.resources, key=lambda r: r.name)] or None,
             has_locks=False,
+            estimated_cost_micros=None
+            if spec.estimated_cost_usd is None
+            else to_micros(spec.estimated_cost_usd, "estimated_cost_usd"),
         )
         if spec.idempotency_key is None:
             row = conn.execute(_INSERT_TASK, values).one()
