@@ -14,7 +14,7 @@ from server import __version__
 from server.metrics import Metrics
 from server.services.auth import Authenticator
 from server.services.container import Services
-from tools import agents, fleet, locks, resources, tasks
+from tools import agents, budgets, fleet, locks, resources, tasks
 from tools.context import AppState
 from tools.server import FleetMCPServer
 
@@ -23,6 +23,7 @@ INSTRUCTIONS = """agentfleet orchestrates a fleet of AI agents.
 Spawn agents from profiles (agent_spawn), queue work for them (task_submit), follow it (task_get,
 task_list, fleet_status). Agents call back with their own token (agent_heartbeat and the task tools)
 and coordinate over shared things with leased, fenced locks (lock_acquire, lock_release).
+Budgets cap spend per scope: reserve before spending (budget_reserve), record it (usage_record).
 Errors start with a stable code: not_found, invalid_input, conflict, permission_denied, …"""
 
 
@@ -77,6 +78,6 @@ def build_mcp(
         request_state_security=_shared_state_key(services),
         **auth_kwargs,
     )
-    for area in (fleet, agents, tasks, locks, resources):
+    for area in (fleet, agents, tasks, locks, budgets, resources):
         area.register(mcp)
     return mcp

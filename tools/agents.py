@@ -41,13 +41,19 @@ def register(mcp: MCPServer) -> None:
             ),
         ] = None,
         labels: Annotated[dict[str, str], Field(description="free-form key/value labels")] = {},  # noqa: B006
+        pools: Annotated[
+            list[str],
+            Field(max_length=16, description="budget pools to join besides the profile's (scopes pool:<name>)"),
+        ] = [],  # noqa: B006
     ) -> SpawnedAgent:
         """Register a new agent from a profile and get its bearer token. The token is returned only
         this once and is stored only as a hash: hand it to whatever runs the agent. With the
         `external` runtime the caller runs the agent, which then calls back with the token
-        (agent_heartbeat, task tools). An agent that spawns another becomes its parent."""
+        (agent_heartbeat, task tools). An agent that spawns another becomes its parent. A hard budget
+        over the new agent (its parent's, its profile's, its pools', global) at its block threshold
+        refuses the spawn with budget_exceeded."""
         principal = await caller(ctx)
-        return await services_of(ctx).agents.spawn(principal, profile, name, capabilities, parent_id, labels)
+        return await services_of(ctx).agents.spawn(principal, profile, name, capabilities, parent_id, labels, pools)
 
     @mcp.tool(annotations=READ_ONLY)
     async def agent_list(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from decimal import Decimal
 from typing import Annotated, Any
 
 from mcp.server.mcpserver import MCPServer
@@ -68,6 +69,15 @@ def register(mcp: MCPServer) -> None:
                 "with their locks, whose fencing tokens come with the claimed task (released when it ends)",
             ),
         ] = [],  # noqa: B006
+        estimated_cost_usd: Annotated[
+            Decimal | None,
+            Field(
+                ge=0,
+                description="what one attempt may cost: set aside from the claiming agent's budgets when it is "
+                "dispatched (the claim fails with budget_exceeded if a hard budget cannot cover it) and settled "
+                "with the usage recorded for the task when the attempt ends",
+            ),
+        ] = None,
     ) -> TaskReceipt:
         """Queue a unit of work for the fleet. An agent whose capabilities include all of the task's
         claims it (task_claim), highest priority first, FIFO within a priority. A task no live agent
@@ -91,6 +101,7 @@ def register(mcp: MCPServer) -> None:
                 backoff_cap_s=backoff_cap_s,
                 allow_unroutable=allow_unroutable,
                 resources=tuple(resources),
+                estimated_cost_usd=estimated_cost_usd,
             )
         except ValidationError as exc:
             raise InvalidInput(f"task spec: {exc.errors()[0]['msg']}") from exc
@@ -140,7 +151,9 @@ def register(mcp: MCPServer) -> None:
         lease_expires_at. Renew the lease with task_heartbeat and finish with task_complete or
         task_fail. With wait_s > 0 the call waits for work and returns as soon as some is queued.
         Returns task=null with reason 'none_available', or 'at_capacity' when the agent already
-        holds its profile's max_concurrency leases."""
+        holds its profile's max_concurrency leases. Fails with budget_exceeded (the task stays queued)
+        when a hard budget over the agent is at its block threshold or cannot cover the task's
+        estimated_cost_usd."""
         principal = await caller(ctx)
         return await services_of(ctx).leases.claim(principal, wait_s)
 

@@ -209,6 +209,16 @@ async def test_metrics_count_tool_calls_requests_agents_and_tasks(shared_fleet: 
     assert _delta(before, after, "agentfleet_tasks", status="queued", priority="critical") == 0
 
 
+async def test_metrics_show_each_budgets_percent_used(shared_fleet: FleetServer) -> None:
+    async with shared_fleet.mcp() as admin:
+        await call(admin, "budget_set", scope="pool:metrics-probe", limit_usd="8")
+        spender = await call(admin, "agent_spawn", profile="default", pools=["metrics-probe"])
+    async with shared_fleet.mcp(spender["token"]) as agent:
+        await call(agent, "budget_reserve", amount_usd="2", ttl_s=600)
+    scraped = await _scrape(shared_fleet)
+    assert scraped[("agentfleet_budget_percent", frozenset({("scope", "pool:metrics-probe")}))] == 25.0
+
+
 ANNOUNCED_TOKEN = re.compile(r"admin token \(shown once; kept in (?P<path>\S+)\): (?P<token>\S+)")
 
 
