@@ -125,9 +125,14 @@ def period_params(now: int) -> dict[str, int]:
     return {"day": Period.DAILY.start(now), "month": Period.MONTHLY.start(now), "now": now}
 
 
+def is_stale(row: Any, now: int) -> bool:
+    """Read in a period that has ended: the next write rolls it over."""
+    return bool(row.period_start < Period(row.period).start(now))
+
+
 def fresh_spent(row: Any, now: int) -> int:
     """A row's spend in the current period, even if no write has rolled it over yet."""
-    return 0 if row.period_start < Period(row.period).start(now) else row.spent_micros
+    return 0 if is_stale(row, now) else row.spent_micros
 
 
 def is_blocked(row: Any, now: int) -> bool:
@@ -189,7 +194,7 @@ def reserve(
             after = conn.execute(_RESERVE, {**params, "id": row.id}).first()
         if after is None:
             _refuse(conn, row.id, amount, now, stop_at_block)
-        record_crossings(conn, after, amount, now)
+        record_crossings(conn, after, amount, now, rolled_over=is_stale(row, now))
     return [row.id for row in rows]
 
 
@@ -205,8 +210,11 @@ def _refuse(conn: Connection, budget_id: str, amount: int, now: int, stop_at_blo
     )
 
 
-def move(conn: Connection, spend: dict[str, int], unreserve: dict[str, int], now: int) -> None:
-    """Add spend to some budgets and take money set aside off others (by budget id), in id order."""
+def move(
+    conn: Connection, spend: dict[str, int], unreserve: dict[str, int], now: int, stale: frozenset[str] = frozenset()
+) -> None:
+    """Add spend to some budgets and take money set aside off others (by budget id), in id order.
+    `stale`: budgets read in an ended period, which this write rolls over."""
     params = period_params(now)
     for budget_id in sorted(spend.keys() | unreserve.keys()):
         amount, back = spend.get(budget_id, 0), unreserve.get(budget_id, 0)
@@ -214,7 +222,7 @@ def move(conn: Connection, spend: dict[str, int], unreserve: dict[str, int], now
             continue
         after = conn.execute(_MOVE, {**params, "id": budget_id, "amount": amount, "unreserve": back}).first()
         if after is not None and amount > back:
-            record_crossings(conn, after, amount - back, now)
+            record_crossings(conn, after, amount - back, now, rolled_over=budget_id in stale)
 
 
 def hold_off_charges(conn: Connection, exclusive: bool) -> None:
@@ -225,11 +233,13 @@ def hold_off_charges(conn: Connection, exclusive: bool) -> None:
         conn.execute(text(f"SELECT {fn}(:key)"), {"key": _PG_CHARGE_LOCK})
 
 
-def record_crossings(conn: Connection, after: Any, added: int, now: int) -> None:
-    """Each threshold crossed by adding `added`: one event per budget, period and threshold."""
+def record_crossings(conn: Connection, after: Any, added: int, now: int, rolled_over: bool = False) -> None:
+    """Each threshold crossed by adding `added`: one event per budget, period and threshold. A write
+    that rolled the budget into a new period crosses, in that period, every threshold it is past
+    (money still reserved from the last period may already stand above some)."""
     limit = after.limit_micros
     new = after.spent_micros + after.reserved_micros
-    old = new - added
+    old = 0 if rolled_over else new - added
     for threshold in after.thresholds:
         percent = int(threshold["percent"])
         if old * 100 < percent * limit <= new * 100:

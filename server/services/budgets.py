@@ -37,6 +37,7 @@ from server.services.budget_rows import (
     close_hold,
     fresh_spent,
     hold_off_charges,
+    is_stale,
     move,
     open_hold,
     record_crossings,
@@ -415,7 +416,8 @@ class BudgetService:
             )
         )
         rows = applicable(conn, spender)
-        move(conn, {r.id: cost for r in rows}, unreserve or {}, now)
+        stale = frozenset(r.id for r in rows if is_stale(r, now))
+        move(conn, {r.id: cost for r in rows}, unreserve or {}, now, stale)
         return usage_id, list(conn.execute(select(budgets).where(budgets.c.id.in_([r.id for r in rows]))))
 
     # -- holds expire ----------------------------------------------------------------------------

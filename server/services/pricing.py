@@ -15,6 +15,7 @@ from server.errors import InvalidInput
 SHIPPED = Path(__file__).resolve().parents[1] / "pricing.yaml"
 OVERRIDE_NAME = "pricing.yaml"
 _PER_TOKEN = Decimal(1_000_000)
+MAX_PRICE = Decimal(100_000)  # USD per million tokens: far above any model, far below overflowing a cost
 # A provider's dated or pinned id is priced as its base name; nothing looser, so an unknown
 # newer model is refused rather than silently priced as an older one.
 _VERSION_SUFFIX = re.compile(r"^(?P<base>.+?)(?:-\d{8}|-\d{4}-\d{2}-\d{2}|@\d{8}|-latest)$")
@@ -39,8 +40,8 @@ def _price(source: Path, model: str, raw: Any) -> Price:
         values = {k: Decimal(str(v)) for k, v in raw.items()}
     except InvalidOperation:
         raise InvalidInput(f"{source}: model {model!r} has a price that is not a number") from None
-    if any(v < 0 for v in values.values()):
-        raise InvalidInput(f"{source}: model {model!r} has a negative price")
+    if not all(v.is_finite() and 0 <= v <= MAX_PRICE for v in values.values()):
+        raise InvalidInput(f"{source}: model {model!r} needs prices between 0 and {MAX_PRICE} USD per million tokens")
     return Price(values["input"], values.get("cached_input", values["input"]), values["output"])
 
 
