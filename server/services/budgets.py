@@ -11,7 +11,6 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import BigInteger, Connection, Row, bindparam, select, text, update
-from sqlalchemy.exc import IntegrityError
 
 from server.clock import MICROS, Clock, to_iso
 from server.domain.budget import (
@@ -133,22 +132,13 @@ class BudgetService:
         if existing is None or existing.period != period.value or existing.period_start < period.start(now):
             # Spend already recorded in the scope this period counts: a budget set at noon knows the morning.
             values.update(period_start=period.start(now), spent_micros=self._spent_since(conn, str(scope), period, now))
-        if existing is None:
+        if existing is None:  # no race: budget_set runs alone (the exclusive charge lock, or SQLite's)
             budget_id = new_id(BUDGET)
-            try:
-                with conn.begin_nested():
-                    conn.execute(
-                        budgets.insert().values(
-                            id=budget_id,
-                            scope=str(scope),
-                            reserved_micros=0,
-                            created_by=principal.id,
-                            created_at=now,
-                            **values,
-                        )
-                    )
-            except IntegrityError:
-                raise Conflict(f"a budget for {scope} was created at the same moment; retry") from None
+            conn.execute(
+                budgets.insert().values(
+                    id=budget_id, scope=str(scope), reserved_micros=0, created_by=principal.id, created_at=now, **values
+                )
+            )
         else:
             budget_id = existing.id
             conn.execute(update(budgets).where(budgets.c.id == budget_id).values(**values))
