@@ -25,6 +25,7 @@ T = TypeVar("T")
 
 _READONLY = "agentfleet_readonly"
 _AFTER_COMMIT = "agentfleet_after_commit"
+_BEFORE_COMMIT = "agentfleet_before_commit"
 READ_THREADS = 8
 WRITE_THREADS_PG = 12
 
@@ -82,6 +83,12 @@ def after_commit(conn: Connection, callback: Callable[[], None]) -> None:
     conn.info[_AFTER_COMMIT].append(callback)
 
 
+def before_commit(conn: Connection, callback: Callable[[Connection], None]) -> None:
+    """Run `callback(conn)` as the last work of this write transaction, after the unit of work:
+    how work that must come last (chaining the audit rows) is done once per transaction."""
+    conn.info[_BEFORE_COMMIT].append(callback)
+
+
 class Database:
     """Runs units of work. Each call is one transaction in one worker-thread hop."""
 
@@ -107,7 +114,10 @@ class Database:
         try:
             with self.engine.begin() as conn:
                 conn.info[_AFTER_COMMIT] = []
+                conn.info[_BEFORE_COMMIT] = []
                 result = fn(conn, *args)
+                for last in conn.info.pop(_BEFORE_COMMIT):
+                    last(conn)
                 callbacks: list[Callable[[], None]] = conn.info.pop(_AFTER_COMMIT)
         except OperationalError as exc:
             raise Unavailable("the store is unreachable or busy; retry shortly") from exc

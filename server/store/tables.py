@@ -334,6 +334,10 @@ audit_log = Table(
     Column("action", String(60), nullable=False),
     Column("subject", String(ID), nullable=False, index=True),
     Column("detail", JSON, nullable=False),
+    # The hash chain (server/domain/audit_chain.py): position, the previous row's hash, this row's.
+    Column("seq", BigInteger, nullable=False, unique=True),
+    Column("prev_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),
 )
 
 # A2A tasks created through /a2a: the protocol's own record (opaque bytes written by the A2A
