@@ -43,6 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
     status = commands.add_parser("status", help="fleet summary in the terminal")
     _add_store_flags(status)
     status.add_argument("--json", action="store_true", help="print JSON")
+
+    audit = commands.add_parser("audit", help="the audit trail")
+    audit_commands = audit.add_subparsers(dest="audit_command", required=True)
+    verify = audit_commands.add_parser("verify", help="check the hash chain; exit 1 naming the first bad row")
+    _add_store_flags(verify)
     return parser
 
 
@@ -165,9 +170,26 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    from server.services.audit import verify_chain
+    from server.store.database import Database, create_store_engine
+
+    settings = _settings(args)
+    db = Database(create_store_engine(settings.resolved_database_url))
+    try:
+        report = db.read_sync(verify_chain)
+    finally:
+        db.dispose()
+    if not report.intact:
+        print(f"audit chain BROKEN at {report.broken_at}; {report.rows} rows before it check out", file=sys.stderr)
+        return 1
+    print(f"audit chain intact: {report.rows} rows, head seq {report.head_seq} hash {report.head_hash}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"serve": cmd_serve, "status": cmd_status}
+    handlers = {"serve": cmd_serve, "status": cmd_status, "audit": cmd_audit_verify}
     try:
         if args.command == "db":
             return cmd_db_upgrade(args)
