@@ -14,7 +14,7 @@ from server import __version__
 from server.metrics import Metrics
 from server.services.auth import Authenticator
 from server.services.container import Services
-from tools import agents, budgets, fleet, locks, resources, tasks
+from tools import agents, budgets, fleet, governance, locks, resources, tasks
 from tools.context import AppState
 from tools.server import FleetMCPServer
 
@@ -78,6 +78,6 @@ def build_mcp(
         request_state_security=_shared_state_key(services),
         **auth_kwargs,
     )
-    for area in (fleet, agents, tasks, locks, budgets, resources):
+    for area in (fleet, agents, tasks, locks, budgets, governance, resources):
         area.register(mcp)
     return mcp

@@ -277,3 +277,20 @@ class FleetStatus(View):
     unroutable: int = Field(description="queued tasks no live agent or profile could run when submitted")
     totals: dict[str, int]
     budgets: list[BudgetSummary] = Field(description="every budget with its percent used in the current period")
+
+
+class AuditEntry(View):
+    seq: int = Field(description="position in the hash chain")
+    id: str
+    at: str
+    principal: str = Field(description="who acted: admin, an agent id, or a server loop (reaper)")
+    role: str
+    action: str = Field(description="e.g. task.submit, lock.force_release, budget.reserve")
+    subject: str = Field(description="the id acted on")
+    detail: dict[str, Any]
+    hash: str = Field(description="sha256 over this row's content and the previous row's hash")
+
+
+class AuditPage(View):
+    entries: list[AuditEntry] = Field(description="newest first")
+    next_before_seq: int | None = Field(description="pass as before_seq for the next (older) page; null at the end")

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from server.clock import Clock, SystemClock
 from server.services.a2a_records import A2ARecordService
 from server.services.agents import AgentService
+from server.services.audit import AuditService
 from server.services.auth import Authenticator
 from server.services.budgets import BudgetService
 from server.services.fleet import FleetService
@@ -37,6 +38,7 @@ class Services:
     lock_signals: LockSignals
     fleet: FleetService
     a2a_records: A2ARecordService
+    audit: AuditService
 
     def close(self) -> None:
         self.signals.close()
@@ -79,4 +81,5 @@ def build_services(
         lock_signals=lock_signals,
         fleet=FleetService(db, clock),
         a2a_records=A2ARecordService(db, clock),
+        audit=AuditService(db),
     )

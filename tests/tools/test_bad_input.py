@@ -125,6 +125,10 @@ BAD_CALLS: list[tuple[str, dict[str, Any], str]] = [
     ("usage_record", {"model": "claude-sonnet-4-5", "input_tokens": 1, "output_tokens": 1}, "invalid_input"),  # admin
     ("usage_record", {"model": "gpt-4o", "input_tokens": -1, "output_tokens": 1}, "invalid_input"),
     ("usage_record", {"model": "", "input_tokens": 1, "output_tokens": 1}, "invalid_input"),
+    ("audit_query", {"limit": 0}, "invalid_input"),
+    ("audit_query", {"since": "2026-01-01T00:00:00"}, "invalid_input"),
+    ("audit_query", {"since": "yesterday"}, "invalid_input"),
+    ("audit_query", {"before_seq": 0}, "invalid_input"),
     ("no_such_tool", {}, "not_found"),
 ]
 
