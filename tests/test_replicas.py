@@ -13,11 +13,12 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 import pytest
-from sqlalchemy import create_engine, select
+from sqlalchemy import create_engine, func, select
 from sqlalchemy.pool import NullPool
 
+from server.services.audit import verify_chain
 from server.store.database import normalize_url
-from server.store.tables import task_attempts, tasks
+from server.store.tables import audit_log, task_attempts, tasks
 from tests.conftest import REPLICA_TEST, TEST_PROFILES
 from tests.helpers import call
 from tests.workers.mcp_claimer import ClaimerProcess
@@ -139,8 +140,12 @@ async def test_claimers_on_two_replicas_complete_each_task_exactly_once(
             attempts = conn.execute(
                 select(task_attempts.c.task_id, task_attempts.c.agent_id, task_attempts.c.outcome)
             ).all()
+            chain = verify_chain(conn)
+            audited = conn.execute(select(func.count()).select_from(audit_log)).scalar_one()
     finally:
         engine.dispose()
+    # Both replicas wrote the audit trail at once: one unbroken chain, no seq taken twice or skipped.
+    assert chain.intact and chain.rows == audited >= 3 * TASKS, chain
     assert set(rows) == set(submitted)
     assert Counter(row.status for row in rows.values()) == {"completed": TASKS}
     assert Counter(task_id for task_id, _, _ in attempts) == Counter(submitted), "not one attempt row per task"
