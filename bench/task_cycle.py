@@ -15,7 +15,8 @@ reports every round and the median):
 - sqlite_raw: stdlib sqlite3 on a file created by the project's migrations (same tables, indexes,
   triggers-free schema, PRAGMAs as the store sets them: WAL, synchronous=NORMAL, foreign_keys=ON),
   BEGIN IMMEDIATE per operation, doing the same rows per cycle:
-    submit   INSERT task (RETURNING *), INSERT audit
+    submit   INSERT task (RETURNING *), INSERT audit (each audit row: the chain's head read and hashed,
+             under the chain's advisory lock on PostgreSQL, as the service does)
     claim    UPDATE agent (touch, RETURNING caps/max), COUNT held, SELECT head of queue (the
              service's own SQL, json_each subset test), conditional UPDATE task (RETURNING *),
              INSERT attempt, INSERT audit
@@ -220,14 +221,15 @@ class RawStore:
             f"VALUES ({ph('task_id')}, {ph('number')}, {ph('me')}, {ph('now')})"
         )
         self.insert_audit = (
-            "INSERT INTO orch_audit (id, at, principal, role, action, subject, detail) VALUES "
+            "INSERT INTO orch_audit (id, at, principal, role, action, subject, detail, seq, prev_hash, hash) VALUES "
             f"({ph('id')}, {ph('at')}, {ph('principal')}, {ph('role')}, {ph('action')}, "
-            f"{ph('subject')}, {ph('detail')})"
+            f"{ph('subject')}, {ph('detail')}, {ph('seq')}, {ph('prev_hash')}, {ph('hash')})"
         )
+        self.audit_head = "SELECT seq, hash FROM orch_audit ORDER BY seq DESC LIMIT 1"
         cols = (
             "id, type, payload, capabilities, priority, status, pinned_agent_id, submitted_by, created_at, "
             "updated_at, attempts, max_attempts, cancel_requested, idempotency_key, spec_hash, ready_at, "
-            "dispatch_key, lease_s, backoff_base_ms, backoff_cap_ms, unroutable"
+            "dispatch_key, lease_s, backoff_base_ms, backoff_cap_ms, unroutable, has_locks"
         )
         self.insert_task = (
             f"INSERT INTO orch_tasks ({cols}) VALUES ("
@@ -336,22 +338,33 @@ class RawStore:
             "backoff_base_ms": 1000,
             "backoff_cap_ms": 300000,
             "unroutable": False,
+            "has_locks": False,
         }
 
-    def audit_params(
-        self, now: int, principal: str, role: str, action: str, subject: str, detail: dict[str, Any]
-    ) -> dict[str, Any]:
+    def audit(
+        self, cur: Any, now: int, principal: str, role: str, action: str, subject: str, detail: dict[str, Any]
+    ) -> None:
+        """The audit row, chained as the service chains it: take the chain's turn, read its head, hash."""
+        from server.domain.audit_chain import GENESIS, row_hash
         from server.ids import EVENT, new_id
 
-        return {
+        if self.dialect == "postgresql":
+            cur.execute("SELECT pg_advisory_xact_lock(7340222)")
+        cur.execute(self.audit_head)
+        head = cur.fetchone()
+        seq, prev = (head[0] + 1, head[1]) if head else (1, GENESIS)
+        row = {
             "id": new_id(EVENT),
             "at": now,
             "principal": principal,
             "role": role,
             "action": action,
             "subject": subject,
-            "detail": self.json(detail),
+            "detail": detail,
+            "seq": seq,
+            "prev_hash": prev,
         }
+        cur.execute(self.insert_audit, {**row, "detail": self.json(detail), "hash": row_hash(row)})
 
     # One operation = the statements of one transaction; `cur` is a cursor inside it.
     def submit_tx(self, cur: Any, n: int, now: int) -> Any:
@@ -362,9 +375,7 @@ class RawStore:
             cur.execute(
                 self.notify, {"payload": json.dumps({"o": "raw", "c": [], "p": None, "r": now}, separators=(",", ":"))}
             )
-        cur.execute(
-            self.insert_audit, self.audit_params(now, "admin", "admin", "task.submit", params["id"], {"type": "bench"})
-        )
+        self.audit(cur, now, "admin", "admin", "task.submit", params["id"], {"type": "bench"})
         return row
 
     def claim_tx(self, cur: Any, me: str, now: int) -> Any:
@@ -386,9 +397,7 @@ class RawStore:
             return None
         task_id, attempts = row[0], row[15]  # id, attempts (column order of orch_tasks)
         cur.execute(self.insert_attempt, {"task_id": task_id, "number": attempts, "me": me, "now": now})
-        cur.execute(
-            self.insert_audit, self.audit_params(now, me, "agent", "task.claim", task_id, {"attempt": attempts})
-        )
+        self.audit(cur, now, me, "agent", "task.claim", task_id, {"attempt": attempts})
         return row
 
     def complete_tx(self, cur: Any, me: str, task_id: str, now: int) -> Any:
@@ -397,7 +406,7 @@ class RawStore:
         if row is None:
             raise RuntimeError(f"complete matched nothing for {task_id}")
         cur.execute(self.end_attempt, {"now": now, "task_id": task_id, "number": row[15]})
-        cur.execute(self.insert_audit, self.audit_params(now, me, "agent", "task.complete", task_id, {}))
+        self.audit(cur, now, me, "agent", "task.complete", task_id, {})
         return row
 
 
