@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import random
 import shutil
 import sqlite3
 import statistics
@@ -221,11 +222,11 @@ class RawStore:
             f"VALUES ({ph('task_id')}, {ph('number')}, {ph('me')}, {ph('now')})"
         )
         self.insert_audit = (
-            "INSERT INTO orch_audit (id, at, principal, role, action, subject, detail, seq, prev_hash, hash) VALUES "
-            f"({ph('id')}, {ph('at')}, {ph('principal')}, {ph('role')}, {ph('action')}, "
-            f"{ph('subject')}, {ph('detail')}, {ph('seq')}, {ph('prev_hash')}, {ph('hash')})"
+            "INSERT INTO orch_audit (id, at, principal, role, action, subject, detail, chain, seq, prev_hash, hash) "
+            f"VALUES ({ph('id')}, {ph('at')}, {ph('principal')}, {ph('role')}, {ph('action')}, "
+            f"{ph('subject')}, {ph('detail')}, {ph('chain')}, {ph('seq')}, {ph('prev_hash')}, {ph('hash')})"
         )
-        self.audit_head = "SELECT seq, hash FROM orch_audit ORDER BY seq DESC LIMIT 1"
+        self.audit_head = f"SELECT seq, hash FROM orch_audit WHERE chain = {ph('chain')} ORDER BY seq DESC LIMIT 1"
         cols = (
             "id, type, payload, capabilities, priority, status, pinned_agent_id, submitted_by, created_at, "
             "updated_at, attempts, max_attempts, cancel_requested, idempotency_key, spec_hash, ready_at, "
@@ -344,13 +345,15 @@ class RawStore:
     def audit(
         self, cur: Any, now: int, principal: str, role: str, action: str, subject: str, detail: dict[str, Any]
     ) -> None:
-        """The audit row, chained as the service chains it: take the chain's turn, read its head, hash."""
-        from server.domain.audit_chain import GENESIS, row_hash
+        """The audit row, chained as the service chains it: take a chain's turn, read its head, hash."""
+        from server.domain.audit_chain import CHAINS_PG, GENESIS, row_hash
         from server.ids import EVENT, new_id
 
+        chain = 0
         if self.dialect == "postgresql":
-            cur.execute("SELECT pg_advisory_xact_lock(7340222)")
-        cur.execute(self.audit_head)
+            chain = random.randrange(CHAINS_PG)
+            cur.execute("SELECT pg_advisory_xact_lock(7340222, %(chain)s)", {"chain": chain})
+        cur.execute(self.audit_head, {"chain": chain})
         head = cur.fetchone()
         seq, prev = (head[0] + 1, head[1]) if head else (1, GENESIS)
         row = {
@@ -361,6 +364,7 @@ class RawStore:
             "action": action,
             "subject": subject,
             "detail": detail,
+            "chain": chain,
             "seq": seq,
             "prev_hash": prev,
         }

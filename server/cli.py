@@ -183,7 +183,8 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     if not report.intact:
         print(f"audit chain BROKEN at {report.broken_at}; {report.rows} rows before it check out", file=sys.stderr)
         return 1
-    print(f"audit chain intact: {report.rows} rows, head seq {report.head_seq} hash {report.head_hash}")
+    heads = ", ".join(f"{chain}:{seq}:{digest}" for chain, (seq, digest) in sorted(report.heads.items()))
+    print(f"audit chain intact: {report.rows} rows in {len(report.heads)} chain(s); heads (chain:seq:hash) {heads}")
     return 0
 
 

@@ -36,36 +36,49 @@ def execute(services, sql, **params):
         conn.execute(text(sql), params)
 
 
+def scalar_row(services, sql):
+    with services.db.engine.connect() as conn:
+        return conn.execute(text(sql)).one()
+
+
 async def test_verify_passes_then_names_the_row_edited_by_hand(tmp_path, services, connect, database_url):
-    await some_history(connect)
+    _, task_id = await some_history(connect)
     env = cli_env(tmp_path, database_url)
     honest = run_cli("audit", "verify", env=env)
     assert honest.returncode == 0, honest.stderr
-    assert "audit chain intact: 5 rows, head seq 5" in honest.stdout
-    with services.db.engine.connect() as conn:
-        third = conn.execute(text("SELECT id FROM orch_audit WHERE seq = 3")).scalar_one()
-    execute(services, "UPDATE orch_audit SET principal = 'someone-else' WHERE seq = 3")
-    edited = run_cli("audit", "verify", env=env)
-    assert edited.returncode == 1
-    assert f"BROKEN at seq 3 ({third}): its content no longer matches its hash" in edited.stderr
-    assert "2 rows before it check out" in edited.stderr
+    assert "audit chain intact: 5 rows in" in honest.stdout
+    claim_row = f"SELECT id, chain, seq FROM orch_audit WHERE subject = '{task_id}' AND action = 'task.claim'"
+    edited = scalar_row(services, claim_row)
+    execute(services, "UPDATE orch_audit SET principal = 'someone-else' WHERE id = :id", id=edited.id)
+    broken = run_cli("audit", "verify", env=env)
+    assert broken.returncode == 1
+    expected = f"BROKEN at chain {edited.chain} seq {edited.seq} ({edited.id}): its content no longer matches its hash"
+    assert expected in broken.stderr
 
 
-async def test_a_deleted_row_or_a_rehashed_edit_breaks_the_next_link(tmp_path, services, connect, database_url):
-    await some_history(connect)
+async def test_a_deleted_row_or_a_renumbered_gap_breaks_the_next_link(tmp_path, services, connect, database_url):
+    async with connect() as admin:
+        for n in range(30):  # enough rows that some chain has two in a row, however many chains there are
+            await call(admin, "task_submit", type="build", payload={"n": n})
     env = cli_env(tmp_path, database_url)
-    execute(services, "DELETE FROM orch_audit WHERE seq = 2")
+    pair = scalar_row(
+        services,
+        "SELECT a.id, a.chain, a.seq, b.id AS next_id FROM orch_audit a "
+        "JOIN orch_audit b ON b.chain = a.chain AND b.seq = a.seq + 1 ORDER BY a.id LIMIT 1",
+    )
+    execute(services, "DELETE FROM orch_audit WHERE id = :id", id=pair.id)
     deleted = run_cli("audit", "verify", env=env)
-    assert deleted.returncode == 1 and "BROKEN at seq 3" in deleted.stderr and "rows 2..2" in deleted.stderr
-    # Renumbering to hide the gap, and even recomputing the edited row's own hash, leaves the link
-    # from the row after it pointing at the old hash.
-    execute(services, "UPDATE orch_audit SET seq = seq - 1 WHERE seq > 2")
+    assert deleted.returncode == 1
+    gap = f"chain {pair.chain} seq {pair.seq + 1} ({pair.next_id}): rows {pair.seq}..{pair.seq} before it are missing"
+    assert gap in deleted.stderr
+    # Renumbering to hide the gap leaves the next row pointing at the deleted row's hash.
+    execute(services, "UPDATE orch_audit SET seq = seq - 1 WHERE chain = :c AND seq > :s", c=pair.chain, s=pair.seq)
     renumbered = run_cli("audit", "verify", env=env)
-    assert renumbered.returncode == 1 and "BROKEN at seq 2" in renumbered.stderr
-    assert "does not link to the row before it" in renumbered.stderr
+    assert renumbered.returncode == 1
+    assert f"chain {pair.chain} seq {pair.seq} ({pair.next_id}): it does not link" in renumbered.stderr
 
 
-async def test_concurrent_writers_extend_one_unbroken_chain(services, connect):
+async def test_concurrent_writers_extend_unbroken_chains(services, connect):
     async with connect() as admin:
 
         async def submit_many(lane):
@@ -76,15 +89,16 @@ async def test_concurrent_writers_extend_one_unbroken_chain(services, connect):
             for lane in range(8):
                 group.start_soon(submit_many, lane)
     report = services.db.read_sync(verify_chain)
-    assert report.intact and report.rows == report.head_seq == 80, report
+    assert report.intact and report.rows == 80, report
+    assert sum(seq for seq, _ in report.heads.values()) == 80  # each chain numbered 1..n without gaps
 
 
 async def test_audit_query_filters_the_trail_for_the_admin_only(connect):
     agent_id, task_id = await some_history(connect)
     async with connect() as admin:
         everything = await call(admin, "audit_query")
-        seqs = [e["seq"] for e in everything["entries"]]
-        assert seqs == [5, 4, 3, 2, 1]
+        ids = [e["id"] for e in everything["entries"]]
+        assert ids == sorted(ids, reverse=True) and len(ids) == 5
         about_task = await call(admin, "audit_query", subject=task_id)
         assert [e["action"] for e in about_task["entries"]] == ["task.complete", "task.claim", "task.submit"]
         by_agent = await call(admin, "audit_query", actor=agent_id)
@@ -92,9 +106,9 @@ async def test_audit_query_filters_the_trail_for_the_admin_only(connect):
         budgets = await call(admin, "audit_query", action="budget.set")
         assert budgets["entries"][0]["detail"]["limit_usd"] == "5.000000"
         first_page = await call(admin, "audit_query", limit=4)
-        assert len(first_page["entries"]) == 4 and first_page["next_before_seq"] == first_page["entries"][-1]["seq"]
-        rest = await call(admin, "audit_query", limit=4, before_seq=first_page["next_before_seq"])
-        assert [e["seq"] for e in rest["entries"]] == [1] and rest["next_before_seq"] is None
+        assert [e["id"] for e in first_page["entries"]] == ids[:4] and first_page["next_before_id"] == ids[3]
+        rest = await call(admin, "audit_query", limit=4, before_id=first_page["next_before_id"])
+        assert [e["id"] for e in rest["entries"]] == ids[4:] and rest["next_before_id"] is None
         when = everything["entries"][0]["at"]
         assert len((await call(admin, "audit_query", since=when))["entries"]) >= 1
         assert (await call(admin, "audit_query", until="2000-01-01T00:00:00Z"))["entries"] == []

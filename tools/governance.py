@@ -34,11 +34,14 @@ def register(mcp: MCPServer) -> None:
         since: Annotated[datetime | None, Field(description="ISO 8601 UTC, inclusive")] = None,
         until: Annotated[datetime | None, Field(description="ISO 8601 UTC, exclusive")] = None,
         limit: Annotated[int, Field(ge=1, le=500)] = 100,
-        before_seq: Annotated[int | None, Field(ge=1, description="page: only entries older than this seq")] = None,
+        before_id: Annotated[
+            str | None,
+            Field(max_length=40, pattern=r"^evt_[0-9A-V]+$", description="page: only entries older than this id"),
+        ] = None,
     ) -> AuditPage:
         """The audit trail (admin only), newest first: every state change with who did it, to what,
-        when and the details, each row hash-chained to the one before (`agentfleet audit verify`
-        checks the chain)."""
+        when and the details, each row hash-chained to the one before it in its chain
+        (`agentfleet audit verify` checks the chains). Page with before_id=next_before_id."""
         principal = await caller(ctx)
-        where = AuditFilter(actor, subject, action, _micros(since, "since"), _micros(until, "until"), before_seq, limit)
+        where = AuditFilter(actor, subject, action, _micros(since, "since"), _micros(until, "until"), before_id, limit)
         return await services_of(ctx).audit.query(principal, where)

@@ -1,5 +1,9 @@
-"""The audit trail's hash chain: each row's hash covers its content and the previous row's hash,
-so editing or deleting any row breaks every link after it."""
+"""The audit trail's hash chains: each row's hash covers its content and the previous row's hash
+in its chain, so editing or deleting any row breaks every link after it in that chain.
+
+One chain would make every write transaction in the fleet take turns at commit; on PostgreSQL the
+trail is split into CHAINS_PG chains and each transaction appends to one at random, so concurrent
+writers rarely wait for each other. SQLite writes one transaction at a time anyway: one chain."""
 
 from __future__ import annotations
 
@@ -8,7 +12,8 @@ import json
 from typing import Any
 
 GENESIS = "0" * 64  # the "previous hash" of the first row
-CHAINED = ("seq", "at", "principal", "role", "action", "subject", "detail", "prev_hash")
+CHAINS_PG = 16
+CHAINED = ("chain", "seq", "at", "principal", "role", "action", "subject", "detail", "prev_hash")
 
 
 def row_hash(row: Any) -> str:

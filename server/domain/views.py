@@ -280,7 +280,8 @@ class FleetStatus(View):
 
 
 class AuditEntry(View):
-    seq: int = Field(description="position in the hash chain")
+    chain: int = Field(description="which hash chain the row is in")
+    seq: int = Field(description="position in its chain")
     id: str
     at: str
     principal: str = Field(description="who acted: admin, an agent id, or a server loop (reaper)")
@@ -288,9 +289,9 @@ class AuditEntry(View):
     action: str = Field(description="e.g. task.submit, lock.force_release, budget.reserve")
     subject: str = Field(description="the id acted on")
     detail: dict[str, Any]
-    hash: str = Field(description="sha256 over this row's content and the previous row's hash")
+    hash: str = Field(description="sha256 over this row's content and the previous row's hash in its chain")
 
 
 class AuditPage(View):
     entries: list[AuditEntry] = Field(description="newest first")
-    next_before_seq: int | None = Field(description="pass as before_seq for the next (older) page; null at the end")
+    next_before_id: str | None = Field(description="pass as before_id for the next (older) page; null at the end")

@@ -1,21 +1,22 @@
 """The audit trail: one append-only row per state change, written in the change's own transaction
 and chained by hash to the row before it (server/domain/audit_chain.py).
 
-Rows are staged during the unit of work and chained as its last step: the chain needs the newest
-row's hash, so chaining takes turns — under SQLite's write lock, or a transaction-scoped advisory
-lock on PostgreSQL shared by every replica — and doing it last keeps that turn as short as the
-commit itself."""
+Rows are staged during the unit of work and chained as its last step: a chain needs its newest
+row's hash, so appending to it takes turns — under SQLite's write lock, or a transaction-scoped
+advisory lock per chain on PostgreSQL shared by every replica — and doing it last keeps that turn
+as short as the commit itself."""
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, select, text
+from sqlalchemy import Connection, bindparam, select, text
 
 from server.clock import to_iso
-from server.domain.audit_chain import GENESIS, row_hash
+from server.domain.audit_chain import CHAINS_PG, GENESIS, row_hash
 from server.domain.principal import Principal
 from server.domain.views import AuditEntry, AuditPage
 from server.errors import PermissionDenied
@@ -26,8 +27,13 @@ from server.store.tables import audit_log
 # Built once: executing a prebuilt statement with a parameter dict skips per-call statement
 # construction and cache-key work (measured: the largest cost on the hot path).
 _INSERT = audit_log.insert()
-_HEAD = select(audit_log.c.seq, audit_log.c.hash).order_by(audit_log.c.seq.desc()).limit(1)
-_CHAIN_LOCK = text("SELECT pg_advisory_xact_lock(7340222)")  # any fixed number, one per purpose
+_HEAD = (
+    select(audit_log.c.seq, audit_log.c.hash)
+    .where(audit_log.c.chain == bindparam("chain"))
+    .order_by(audit_log.c.seq.desc())
+    .limit(1)
+)
+_CHAIN_LOCK = text("SELECT pg_advisory_xact_lock(7340222, :chain)")  # a fixed class, one lock per chain
 _PENDING = "agentfleet_audit_pending"
 _VERIFY_BATCH = 1000
 
@@ -59,13 +65,15 @@ def record(
 
 def _chain(conn: Connection) -> None:
     rows: list[dict[str, Any]] = conn.info.pop(_PENDING)
+    chain = 0
     if conn.dialect.name == "postgresql":
-        conn.execute(_CHAIN_LOCK)
-    head = conn.execute(_HEAD).first()
+        chain = random.randrange(CHAINS_PG)
+        conn.execute(_CHAIN_LOCK, {"chain": chain})
+    head = conn.execute(_HEAD, {"chain": chain}).first()
     seq, prev = (head.seq, head.hash) if head is not None else (0, GENESIS)
     for row in rows:
         seq += 1
-        row.update(seq=seq, prev_hash=prev)
+        row.update(chain=chain, seq=seq, prev_hash=prev)
         row["hash"] = prev = row_hash(row)
     conn.execute(_INSERT, rows)
 
@@ -73,9 +81,8 @@ def _chain(conn: Connection) -> None:
 @dataclass(frozen=True)
 class ChainReport:
     rows: int
-    head_seq: int
-    head_hash: str
-    broken_at: str | None = None  # "seq N (evt_…): why", for the first bad row
+    heads: dict[int, tuple[int, str]]  # chain -> (seq, hash) of its newest row that checked out
+    broken_at: str | None = None  # "chain C seq N (evt_…): why", for the first bad row
 
     @property
     def intact(self) -> bool:
@@ -83,31 +90,43 @@ class ChainReport:
 
 
 def _in_order(conn: Connection) -> Iterator[Any]:
-    after = 0
+    after = (-1, 0)
     while True:
         batch = conn.execute(
-            select(audit_log).where(audit_log.c.seq > after).order_by(audit_log.c.seq).limit(_VERIFY_BATCH)
+            select(audit_log)
+            .where((audit_log.c.chain > after[0]) | ((audit_log.c.chain == after[0]) & (audit_log.c.seq > after[1])))
+            .order_by(audit_log.c.chain, audit_log.c.seq)
+            .limit(_VERIFY_BATCH)
         ).all()
         yield from batch
         if len(batch) < _VERIFY_BATCH:
             return
-        after = batch[-1].seq
+        after = (batch[-1].chain, batch[-1].seq)
+
+
+def _fault(row: Any, heads: dict[int, tuple[int, str]]) -> str | None:
+    """Why a row does not continue its chain, if it does not."""
+    seq, prev = heads.get(row.chain, (0, GENESIS))
+    if row.seq != seq + 1:
+        return f"rows {seq + 1}..{row.seq - 1} before it are missing"
+    if row.prev_hash != prev:
+        return "it does not link to the row before it"
+    if row_hash(row) != row.hash:
+        return "its content no longer matches its hash"
+    return None
 
 
 def verify_chain(conn: Connection) -> ChainReport:
-    """Walk the trail in order and recompute every link; report the first row that does not fit."""
-    expected_seq, prev, count = 1, GENESIS, 0
+    """Walk every chain in order and recompute every link; report the first row that does not fit."""
+    heads: dict[int, tuple[int, str]] = {}
+    count = 0
     for row in _in_order(conn):
-        where = f"seq {row.seq} ({row.id})"
-        if row.seq != expected_seq:
-            missing = f"{where}: rows {expected_seq}..{row.seq - 1} before it are missing"
-            return ChainReport(count, expected_seq - 1, prev, missing)
-        if row.prev_hash != prev:
-            return ChainReport(count, row.seq - 1, prev, f"{where}: it does not link to the row before it")
-        if row_hash(row) != row.hash:
-            return ChainReport(count, row.seq - 1, prev, f"{where}: its content no longer matches its hash")
-        expected_seq, prev, count = row.seq + 1, row.hash, count + 1
-    return ChainReport(count, expected_seq - 1, prev)
+        fault = _fault(row, heads)
+        if fault is not None:
+            return ChainReport(count, heads, f"chain {row.chain} seq {row.seq} ({row.id}): {fault}")
+        heads[row.chain] = (row.seq, row.hash)
+        count += 1
+    return ChainReport(count, heads)
 
 
 @dataclass(frozen=True)
@@ -117,7 +136,7 @@ class AuditFilter:
     action: str | None = None
     since_us: int | None = None
     until_us: int | None = None
-    before_seq: int | None = None
+    before_id: str | None = None
     limit: int = 100
 
 
@@ -132,7 +151,7 @@ class AuditService:
 
     @staticmethod
     def _query_tx(conn: Connection, where: AuditFilter) -> AuditPage:
-        query = select(audit_log).order_by(audit_log.c.seq.desc()).limit(where.limit + 1)
+        query = select(audit_log).order_by(audit_log.c.id.desc()).limit(where.limit + 1)
         for column, value in (
             (audit_log.c.principal, where.actor),
             (audit_log.c.subject, where.subject),
@@ -144,13 +163,14 @@ class AuditService:
             query = query.where(audit_log.c.at >= where.since_us)
         if where.until_us is not None:
             query = query.where(audit_log.c.at < where.until_us)
-        if where.before_seq is not None:
-            query = query.where(audit_log.c.seq < where.before_seq)
+        if where.before_id is not None:
+            query = query.where(audit_log.c.id < where.before_id)
         rows = conn.execute(query).all()
         page = rows[: where.limit]
         return AuditPage(
             entries=[
                 AuditEntry(
+                    chain=r.chain,
                     seq=r.seq,
                     id=r.id,
                     at=to_iso(r.at) or "",
@@ -163,5 +183,5 @@ class AuditService:
                 )
                 for r in page
             ],
-            next_before_seq=page[-1].seq if len(rows) > where.limit else None,
+            next_before_id=page[-1].id if len(rows) > where.limit else None,
         )

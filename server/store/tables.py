@@ -18,6 +18,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    UniqueConstraint,
     text,
 )
 
@@ -334,10 +335,13 @@ audit_log = Table(
     Column("action", String(60), nullable=False),
     Column("subject", String(ID), nullable=False, index=True),
     Column("detail", JSON, nullable=False),
-    # The hash chain (server/domain/audit_chain.py): position, the previous row's hash, this row's.
-    Column("seq", BigInteger, nullable=False, unique=True),
+    # The hash chains (server/domain/audit_chain.py): which chain, the position in it, the previous
+    # row's hash there, and this row's.
+    Column("chain", SmallInteger, nullable=False),
+    Column("seq", BigInteger, nullable=False),
     Column("prev_hash", String(64), nullable=False),
     Column("hash", String(64), nullable=False),
+    UniqueConstraint("chain", "seq", name="uq_orch_audit_chain_seq"),
 )
 
 # A2A tasks created through /a2a: the protocol's own record (opaque bytes written by the A2A

@@ -128,7 +128,7 @@ BAD_CALLS: list[tuple[str, dict[str, Any], str]] = [
     ("audit_query", {"limit": 0}, "invalid_input"),
     ("audit_query", {"since": "2026-01-01T00:00:00"}, "invalid_input"),
     ("audit_query", {"since": "yesterday"}, "invalid_input"),
-    ("audit_query", {"before_seq": 0}, "invalid_input"),
+    ("audit_query", {"before_id": "tsk_0000NOTANEVENT"}, "invalid_input"),
     ("no_such_tool", {}, "not_found"),
 ]
 

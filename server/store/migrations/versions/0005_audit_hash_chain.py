@@ -21,7 +21,7 @@ depends_on = None
 # A copy of server/domain/audit_chain.py as it was when this migration was written: a migration
 # must keep producing the same rows whatever later code does.
 _GENESIS = "0" * 64
-_CHAINED = ("seq", "at", "principal", "role", "action", "subject", "detail", "prev_hash")
+_CHAINED = ("chain", "seq", "at", "principal", "role", "action", "subject", "detail", "prev_hash")
 
 
 def _row_hash(row: dict) -> str:
@@ -31,10 +31,11 @@ def _row_hash(row: dict) -> str:
 
 def upgrade() -> None:
     with op.batch_alter_table("orch_audit", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("chain", sa.SmallInteger(), nullable=True))
         batch_op.add_column(sa.Column("seq", sa.BigInteger(), nullable=True))
         batch_op.add_column(sa.Column("prev_hash", sa.String(length=64), nullable=True))
         batch_op.add_column(sa.Column("hash", sa.String(length=64), nullable=True))
-    # Chain the rows written before the chain existed, in the order they were written.
+    # Chain the rows written before chains existed, in the order they were written, as chain 0.
     audit = sa.table(
         "orch_audit",
         *(
@@ -53,15 +54,17 @@ def upgrade() -> None:
             audit.update().where(audit.c.id == row["id"]).values(seq=seq, prev_hash=row["prev_hash"], hash=prev)
         )
     with op.batch_alter_table("orch_audit", schema=None) as batch_op:
+        batch_op.alter_column("chain", existing_type=sa.SmallInteger(), nullable=False)
         batch_op.alter_column("seq", existing_type=sa.BigInteger(), nullable=False)
         batch_op.alter_column("prev_hash", existing_type=sa.String(length=64), nullable=False)
         batch_op.alter_column("hash", existing_type=sa.String(length=64), nullable=False)
-        batch_op.create_unique_constraint(batch_op.f("uq_orch_audit_seq"), ["seq"])
+        batch_op.create_unique_constraint("uq_orch_audit_chain_seq", ["chain", "seq"])
 
 
 def downgrade() -> None:
     with op.batch_alter_table("orch_audit", schema=None) as batch_op:
-        batch_op.drop_constraint(batch_op.f("uq_orch_audit_seq"), type_="unique")
+        batch_op.drop_constraint("uq_orch_audit_chain_seq", type_="unique")
         batch_op.drop_column("hash")
         batch_op.drop_column("prev_hash")
         batch_op.drop_column("seq")
+        batch_op.drop_column("chain")
