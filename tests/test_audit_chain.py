@@ -116,3 +116,21 @@ async def test_audit_query_filters_the_trail_for_the_admin_only(connect):
         spawned = await call(admin, "agent_spawn", profile="default")
     async with connect(spawned["token"]) as agent:
         assert (await call_error(agent, "audit_query")).code == "permission_denied"
+
+
+async def test_a_refused_call_leaves_no_audit_row_behind_for_later_calls(services, connect):
+    # The claim locks the task's resource (an audit row is staged), then its estimate does not fit
+    # the agent's budget: everything rolls back, and no later transaction may inherit that row.
+    async with connect() as admin:
+        worker = await call(admin, "agent_spawn", profile="worker")
+        await call(admin, "budget_set", scope=f"agent:{worker['agent']['id']}", limit_usd="1")
+        await call(admin, "task_submit", type="flash", resources=[{"name": "device:one"}], estimated_cost_usd="5")
+    async with connect(worker["token"]) as agent:
+        assert (await call_error(agent, "task_claim")).code == "budget_exceeded"
+    async with connect() as admin:
+        for n in range(20):  # enough writes to come round to every pooled connection
+            await call(admin, "task_submit", type="after", payload={"n": n})
+        assert (await call(admin, "audit_query", action="lock.acquire"))["entries"] == []
+        assert len((await call(admin, "audit_query", action="task.submit"))["entries"]) == 21
+    report = services.db.read_sync(verify_chain)
+    assert report.intact and report.rows == 23, report  # spawn, budget, 21 submits

@@ -21,7 +21,7 @@ from server.domain.principal import Principal
 from server.domain.views import AuditEntry, AuditPage
 from server.errors import PermissionDenied
 from server.ids import EVENT, new_id
-from server.store.database import Database, before_commit
+from server.store.database import Database, before_commit, tx_local
 from server.store.tables import audit_log
 
 # Built once: executing a prebuilt statement with a parameter dict skips per-call statement
@@ -46,9 +46,10 @@ def record(
     subject: str,
     detail: dict[str, Any] | None = None,
 ) -> None:
-    pending = conn.info.get(_PENDING)
+    local = tx_local(conn)
+    pending = local.get(_PENDING)
     if pending is None:
-        pending = conn.info[_PENDING] = []
+        pending = local[_PENDING] = []
         before_commit(conn, _chain)
     pending.append(
         {
@@ -64,7 +65,7 @@ def record(
 
 
 def _chain(conn: Connection) -> None:
-    rows: list[dict[str, Any]] = conn.info.pop(_PENDING)
+    rows: list[dict[str, Any]] = tx_local(conn).pop(_PENDING)
     chain = 0
     if conn.dialect.name == "postgresql":
         chain = random.randrange(CHAINS_PG)

@@ -26,6 +26,7 @@ T = TypeVar("T")
 _READONLY = "agentfleet_readonly"
 _AFTER_COMMIT = "agentfleet_after_commit"
 _BEFORE_COMMIT = "agentfleet_before_commit"
+_TX_LOCAL = "agentfleet_tx_local"
 READ_THREADS = 8
 WRITE_THREADS_PG = 12
 
@@ -89,6 +90,12 @@ def before_commit(conn: Connection, callback: Callable[[Connection], None]) -> N
     conn.info[_BEFORE_COMMIT].append(callback)
 
 
+def tx_local(conn: Connection) -> dict[str, Any]:
+    """State that lives exactly as long as this write transaction. (`conn.info` itself follows the
+    pooled DBAPI connection into later transactions, so nothing per-transaction may stay there.)"""
+    return conn.info[_TX_LOCAL]
+
+
 class Database:
     """Runs units of work. Each call is one transaction in one worker-thread hop."""
 
@@ -115,6 +122,7 @@ class Database:
             with self.engine.begin() as conn:
                 conn.info[_AFTER_COMMIT] = []
                 conn.info[_BEFORE_COMMIT] = []
+                conn.info[_TX_LOCAL] = {}
                 result = fn(conn, *args)
                 for last in conn.info.pop(_BEFORE_COMMIT):
                     last(conn)
