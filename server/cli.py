@@ -6,13 +6,17 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
 
 from server import __version__
 from server.admin_token import AdminToken, ensure_admin_token
 from server.errors import FleetError
 from server.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from server.store.database import Database
 
 log = logging.getLogger("agentfleet")
 
@@ -133,14 +137,23 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
     return 0
 
 
+@contextmanager
+def _store(args: argparse.Namespace) -> Iterator[Database]:
+    """The store the flags and environment name, for one command."""
+    from server.store.database import Database, create_store_engine
+
+    db = Database(create_store_engine(_settings(args).resolved_database_url))
+    try:
+        yield db
+    finally:
+        db.dispose()
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from server.clock import SystemClock
     from server.services.fleet import FleetService
-    from server.store.database import Database, create_store_engine
 
-    settings = _settings(args)
-    db = Database(create_store_engine(settings.resolved_database_url))
-    try:
+    with _store(args) as db:
         fleet = FleetService(db, SystemClock())
         readiness = fleet.readiness_sync()
         if not readiness.ready:
@@ -151,8 +164,6 @@ def cmd_status(args: argparse.Namespace) -> int:
             )
             return 1
         status = fleet.counts_sync()
-    finally:
-        db.dispose()
     if args.json:
         print(json.dumps(status.model_dump(), indent=2))
         return 0
@@ -172,14 +183,9 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     from server.services.audit import verify_chain
-    from server.store.database import Database, create_store_engine
 
-    settings = _settings(args)
-    db = Database(create_store_engine(settings.resolved_database_url))
-    try:
+    with _store(args) as db:
         report = db.read_sync(verify_chain)
-    finally:
-        db.dispose()
     if not report.intact:
         print(f"audit chain BROKEN at {report.broken_at}; {report.rows} rows before it check out", file=sys.stderr)
         return 1

@@ -7,6 +7,7 @@ from calendar import monthrange
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -110,7 +111,7 @@ def committed_percent(spent: int, reserved: int, limit: int) -> float:
     return (spent + reserved) * 100 / limit
 
 
-def block_percent(thresholds: list[dict[str, object]]) -> int | None:
-    """The lowest `block` threshold, if any."""
-    blocks = [int(str(t["percent"])) for t in thresholds if t["action"] == ThresholdAction.BLOCK]
+def block_percent(thresholds: list[dict[str, Any]]) -> int | None:
+    """The lowest `block` threshold, if any (thresholds as stored: [{percent, action}])."""
+    blocks = [int(t["percent"]) for t in thresholds if t["action"] == ThresholdAction.BLOCK]
     return min(blocks) if blocks else None

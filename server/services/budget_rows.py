@@ -107,18 +107,21 @@ _HOLD_INSERT = budget_holds.insert()
 class Spender:
     """Whose money it is: an agent (with its place in the tree) or the admin (global only)."""
 
-    holder: str
     agent_id: str | None
     parent_id: str | None = None
     profile: str = ""
     pools: tuple[str, ...] = ()
 
+    @property
+    def holder(self) -> str:
+        return self.agent_id or "admin"
+
     @classmethod
     def of_agent(cls, row: Row[Any]) -> Spender:
-        return cls(row.id, row.id, row.parent_id, row.profile, tuple(row.pools))
+        return cls(row.id, row.parent_id, row.profile, tuple(row.pools))
 
 
-ADMIN_SPENDER = Spender("admin", None)
+ADMIN_SPENDER = Spender(None)
 
 
 def period_params(now: int) -> dict[str, int]:
