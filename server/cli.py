@@ -1,4 +1,4 @@
-"""The `agentfleet` command: serve (HTTP or stdio), db upgrade, status."""
+"""The `agentfleet` command: serve (HTTP or stdio), db upgrade, status, token, audit verify."""
 
 from __future__ import annotations
 
@@ -52,6 +52,21 @@ def build_parser() -> argparse.ArgumentParser:
     audit_commands = audit.add_subparsers(dest="audit_command", required=True)
     verify = audit_commands.add_parser("verify", help="check the hash chain; exit 1 naming the first bad row")
     _add_store_flags(verify)
+
+    token = commands.add_parser("token", help="tokens for people and services (acts as the admin)")
+    token_commands = token.add_subparsers(dest="token_command", required=True)
+    create = token_commands.add_parser("create", help="make a token; prints its secret once")
+    create.add_argument("name", help="who it is for: the id its calls are audited under")
+    create.add_argument("--role", required=True, choices=["admin", "operator", "viewer"])
+    create.add_argument("--expires-in-s", type=int, help="lifetime in seconds (default: until revoked)")
+    listing = token_commands.add_parser("list", help="every token, without secrets")
+    listing.add_argument("--json", action="store_true", help="print JSON")
+    revoke = token_commands.add_parser("revoke", help="revoke a token now")
+    revoke.add_argument("token", help="its name or id (tkn_…)")
+    rotate = token_commands.add_parser("rotate", help="new secret, same name and role; the old one stops working")
+    rotate.add_argument("token", help="its name or id (tkn_…)")
+    for sub in (create, listing, revoke, rotate):
+        _add_store_flags(sub)
     return parser
 
 
@@ -149,21 +164,29 @@ def _store(args: argparse.Namespace) -> Iterator[Database]:
         db.dispose()
 
 
+def _ready(db: Database) -> bool:
+    """Is the store reachable and migrated? Says what to do on stderr when not."""
+    from server.clock import SystemClock
+    from server.services.fleet import FleetService
+
+    readiness = FleetService(db, SystemClock()).readiness_sync()
+    if not readiness.ready:
+        print(
+            f"the store is {readiness.store}, migrations {readiness.migrations}: run `agentfleet db upgrade` "
+            "or start the server",
+            file=sys.stderr,
+        )
+    return readiness.ready
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from server.clock import SystemClock
     from server.services.fleet import FleetService
 
     with _store(args) as db:
-        fleet = FleetService(db, SystemClock())
-        readiness = fleet.readiness_sync()
-        if not readiness.ready:
-            print(
-                f"the store is {readiness.store}, migrations {readiness.migrations}: run `agentfleet db upgrade` "
-                "or start the server",
-                file=sys.stderr,
-            )
+        if not _ready(db):
             return 1
-        status = fleet.counts_sync()
+        status = FleetService(db, SystemClock()).counts_sync()
     if args.json:
         print(json.dumps(status.model_dump(), indent=2))
         return 0
@@ -194,9 +217,51 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_token(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from server.clock import SystemClock
+    from server.domain.principal import ADMIN, Role
+    from server.services.tokens import TokenService
+
+    with _store(args) as db:
+        if not _ready(db):
+            return 1
+        tokens = TokenService(db, SystemClock())
+        if args.token_command == "create":
+            issued = asyncio.run(tokens.create(ADMIN, args.name, Role(args.role), args.expires_in_s))
+        elif args.token_command == "rotate":
+            issued = asyncio.run(tokens.rotate(ADMIN, args.token))
+        elif args.token_command == "revoke":
+            revoked = asyncio.run(tokens.revoke(ADMIN, args.token))
+            print(f"revoked {revoked.name} ({revoked.id}, {revoked.role}) at {revoked.revoked_at}")
+            return 0
+        else:
+            return _print_tokens(asyncio.run(tokens.list(ADMIN)).tokens, args.json)
+    print(issued.token)
+    print(
+        f"token {issued.details.name} ({issued.details.id}, role {issued.details.role}): shown once, kept only "
+        "as a hash. Send it as `Authorization: Bearer <token>`.",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _print_tokens(tokens: Sequence[Any], as_json: bool) -> int:
+    if as_json:
+        print(json.dumps([t.model_dump() for t in tokens], indent=2))
+        return 0
+    for t in tokens:
+        state = "active" if t.active else ("revoked " + (t.revoked_at or "") if t.revoked_at else "expired")
+        print(f"{t.id}  {t.name:<24} {t.role:<9} {state}  created {t.created_at} by {t.created_by}")
+    if not tokens:
+        print("no tokens; create one with `agentfleet token create NAME --role operator`")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"serve": cmd_serve, "status": cmd_status, "audit": cmd_audit_verify}
+    handlers = {"serve": cmd_serve, "status": cmd_status, "audit": cmd_audit_verify, "token": cmd_token}
     try:
         if args.command == "db":
             return cmd_db_upgrade(args)

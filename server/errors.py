@@ -32,11 +32,15 @@ class Conflict(FleetError):
     code = "conflict"
 
 
-class PermissionDenied(FleetError):
+class Refusal(FleetError):
+    """A policy said no (not a mistake in the request): every refusal leaves an audit row."""
+
+
+class PermissionDenied(Refusal):
     code = "permission_denied"
 
 
-class BudgetExceeded(FleetError):
+class BudgetExceeded(Refusal):
     code = "budget_exceeded"
 
 
@@ -52,11 +56,11 @@ class LeaseExpired(FleetError):
     code = "lease_expired"
 
 
-class ApprovalRequired(FleetError):
+class ApprovalRequired(Refusal):
     code = "approval_required"
 
 
-class RateLimited(FleetError):
+class RateLimited(Refusal):
     code = "rate_limited"
 
 

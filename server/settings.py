@@ -40,6 +40,13 @@ class Settings:
     # A parked claim re-checks the store this often even without a wake-up (safety net for
     # writers that cannot notify, e.g. another process on the same SQLite file).
     claim_recheck_s: float = 10.0
+    # Token bucket per principal (admin exempt): refill per second, and calls allowed at once.
+    # 0 turns rate limiting off.
+    rate_limit_per_s: float = 100.0
+    rate_limit_burst: int = 200
+    # How long an approval waits for a person, and the decision taken when nobody decides.
+    approval_timeout_s: int = 86_400
+    approval_on_expiry: str = "reject"
 
     @property
     def resolved_database_url(self) -> str:
@@ -63,7 +70,14 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
         raise InvalidInput(f"{ENV_PREFIX}{name} must be an integer, got {raw!r}") from None
 
 
-def _float(env: Mapping[str, str], name: str, default: float) -> float:
+def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
+    raw = env.get(ENV_PREFIX + name) or default
+    if raw not in choices:
+        raise InvalidInput(f"{ENV_PREFIX}{name} must be one of {', '.join(choices)}, got {raw!r}")
+    return raw
+
+
+def _float(env: Mapping[str, str], name: str, default: float, *, zero_ok: bool = False) -> float:
     raw = env.get(ENV_PREFIX + name)
     if raw is None or raw == "":
         return default
@@ -71,7 +85,7 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
         value = float(raw)
     except ValueError:
         raise InvalidInput(f"{ENV_PREFIX}{name} must be a number, got {raw!r}") from None
-    if value <= 0:
+    if value < 0 or (value == 0 and not zero_ok):
         raise InvalidInput(f"{ENV_PREFIX}{name} must be positive, got {raw!r}")
     return value
 
@@ -98,7 +112,15 @@ def load_settings(env: Mapping[str, str] | None = None, **flags: Any) -> Setting
         priority_aging_s=_int(env, "PRIORITY_AGING_S", 600),
         reaper_interval_s=_float(env, "REAPER_INTERVAL_S", 1.0),
         claim_recheck_s=_float(env, "CLAIM_RECHECK_S", 10.0),
+        rate_limit_per_s=_float(env, "RATE_LIMIT_PER_S", 100.0, zero_ok=True),
+        rate_limit_burst=_int(env, "RATE_LIMIT_BURST", 200),
+        approval_timeout_s=_int(env, "APPROVAL_TIMEOUT_S", 86_400),
+        approval_on_expiry=_choice(env, "APPROVAL_ON_EXPIRY", "reject", ("approve", "reject")),
     )
+    if from_env.rate_limit_burst < 1:
+        raise InvalidInput(f"{ENV_PREFIX}RATE_LIMIT_BURST must be at least 1, got {from_env.rate_limit_burst}")
+    if from_env.approval_timeout_s < 1:
+        raise InvalidInput(f"{ENV_PREFIX}APPROVAL_TIMEOUT_S must be positive, got {from_env.approval_timeout_s}")
     if "data_dir" in flags and flags["data_dir"] is not None:
         flags["data_dir"] = Path(flags["data_dir"]).expanduser()
     return from_env.with_overrides(**flags)

@@ -132,5 +132,7 @@ async def test_a_refused_call_leaves_no_audit_row_behind_for_later_calls(service
             await call(admin, "task_submit", type="after", payload={"n": n})
         assert (await call(admin, "audit_query", action="lock.acquire"))["entries"] == []
         assert len((await call(admin, "audit_query", action="task.submit"))["entries"]) == 21
+        [refusal] = (await call(admin, "audit_query", action="request.refused"))["entries"]
+        assert refusal["detail"]["code"] == "budget_exceeded" and refusal["principal"] == worker["agent"]["id"]
     report = services.db.read_sync(verify_chain)
-    assert report.intact and report.rows == 23, report  # spawn, budget, 21 submits
+    assert report.intact and report.rows == 24, report  # spawn, budget, 21 submits, the refused claim

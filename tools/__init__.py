@@ -6,38 +6,23 @@ import hashlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from mcp.server.auth.provider import AccessToken, TokenVerifier
 from mcp.server.auth.settings import AuthSettings
 from mcp.server.mcpserver import MCPServer, RequestStateSecurity
 
 from server import __version__
+from server.http.bearer import SCOPE, FleetTokenVerifier
 from server.metrics import Metrics
-from server.services.auth import Authenticator
 from server.services.container import Services
 from tools import agents, budgets, fleet, governance, locks, resources, tasks
 from tools.context import AppState
 from tools.server import FleetMCPServer
 
-SCOPE = "fleet"
 INSTRUCTIONS = """agentfleet orchestrates a fleet of AI agents.
 Spawn agents from profiles (agent_spawn), queue work for them (task_submit), follow it (task_get,
 task_list, fleet_status). Agents call back with their own token (agent_heartbeat and the task tools)
 and coordinate over shared things with leased, fenced locks (lock_acquire, lock_release).
 Budgets cap spend per scope: reserve before spending (budget_reserve), record it (usage_record).
 Errors start with a stable code: not_found, invalid_input, conflict, permission_denied, …"""
-
-
-class FleetTokenVerifier(TokenVerifier):
-    """Bearer token -> principal. client_id carries the role, subject the principal id."""
-
-    def __init__(self, auth: Authenticator) -> None:
-        self._auth = auth
-
-    async def verify_token(self, token: str) -> AccessToken | None:
-        principal = await self._auth.authenticate(token)
-        if principal is None:
-            return None
-        return AccessToken(token=token, client_id=principal.role.value, subject=principal.id, scopes=[SCOPE])
 
 
 def _shared_state_key(services: Services) -> RequestStateSecurity:
@@ -53,9 +38,11 @@ def build_mcp(
     """http=True installs bearer auth (every request needs a token); otherwise calls act as
     `default_token`'s principal, or admin when it is None (stdio, in-process)."""
 
+    state = AppState(services=services, default_token=default_token)
+
     @asynccontextmanager
     async def lifespan(_server: MCPServer[AppState]) -> AsyncIterator[AppState]:
-        yield AppState(services=services, default_token=default_token)
+        yield state
 
     auth_kwargs = {}
     if http:
@@ -75,6 +62,7 @@ def build_mcp(
         instructions=INSTRUCTIONS,
         lifespan=lifespan,
         metrics=metrics,
+        state=state,
         request_state_security=_shared_state_key(services),
         **auth_kwargs,
     )

@@ -10,6 +10,7 @@ from pydantic import Field
 from server.domain.statuses import AgentStatus
 from server.domain.views import AgentList, AgentView, SpawnedAgent, TerminatedAgents
 from tools.annotations import DESTRUCTIVE, READ_ONLY, WRITES
+from tools.arguments import Reason
 from tools.context import FleetContext, caller, services_of
 
 AgentId = Annotated[
@@ -45,6 +46,7 @@ def register(mcp: MCPServer) -> None:
             list[str],
             Field(max_length=16, description="budget pools to join besides the profile's (scopes pool:<name>)"),
         ] = [],  # noqa: B006
+        reason: Reason = None,
     ) -> SpawnedAgent:
         """Register a new agent from a profile and get its bearer token. The token is returned only
         this once and is stored only as a hash: hand it to whatever runs the agent. With the
@@ -52,7 +54,7 @@ def register(mcp: MCPServer) -> None:
         (agent_heartbeat, task tools). An agent that spawns another becomes its parent. A hard budget
         over the new agent (its parent's, its profile's, its pools', global) at its block threshold
         refuses the spawn with budget_exceeded."""
-        principal = await caller(ctx)
+        principal = await caller(ctx, reason)
         return await services_of(ctx).agents.spawn(principal, profile, name, capabilities, parent_id, labels, pools)
 
     @mcp.tool(annotations=READ_ONLY)
@@ -85,10 +87,11 @@ def register(mcp: MCPServer) -> None:
                 "false refuses when live children exist"
             ),
         ] = True,
+        reason: Reason = None,
     ) -> TerminatedAgents:
         """Terminate an agent: its token stops working at once and tasks it was running go back to
         the queue. By default its descendants are terminated too."""
-        principal = await caller(ctx)
+        principal = await caller(ctx, reason)
         return TerminatedAgents(terminated=await services_of(ctx).agents.terminate(principal, agent_id, cascade))
 
     @mcp.tool(annotations=WRITES)

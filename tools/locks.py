@@ -11,6 +11,7 @@ from server.domain.priority import Priority
 from server.domain.resources import MAX_RESOURCES, ResourceRequest
 from server.domain.views import LockGrant, LockList, LockView, ResourceView
 from tools.annotations import DESTRUCTIVE, IDEMPOTENT_WRITE, READ_ONLY, WRITES
+from tools.arguments import Reason
 from tools.context import FleetContext, caller, services_of
 from tools.tasks import TaskId
 
@@ -51,6 +52,7 @@ def register(mcp: MCPServer) -> None:
                 "never leaves a ghost holder)",
             ),
         ] = None,
+        reason: Reason = None,
     ) -> LockGrant:
         """Lock resources for this agent, all or nothing. Exclusive conflicts with everything on an
         overlapping name; shared only with exclusive. A grant returns lock_id, expires_at and a fencing
@@ -60,7 +62,7 @@ def register(mcp: MCPServer) -> None:
         fails with lock_timeout (and the queue position) if not granted in time. A wait that would
         close a cycle of agents waiting on each other fails at once with deadlock. Renew with
         lock_renew before expires_at; release with lock_release."""
-        principal = await caller(ctx)
+        principal = await caller(ctx, reason)
         return await services_of(ctx).locks.acquire(principal, resources, ttl_s, wait_s, priority, task_id, request_id)
 
     @mcp.tool(annotations=IDEMPOTENT_WRITE)
@@ -71,11 +73,11 @@ def register(mcp: MCPServer) -> None:
         return await services_of(ctx).locks.renew(principal, lock_id, ttl_s)
 
     @mcp.tool(annotations=DESTRUCTIVE)
-    async def lock_release(ctx: FleetContext, lock_id: LockId) -> LockView:
+    async def lock_release(ctx: FleetContext, lock_id: LockId, reason: Reason = None) -> LockView:
         """Release a lock you hold (or withdraw a request still waiting); the next waiter is granted at
         once. Releasing twice answers the same. The admin may release anyone's lock (a force-release,
         recorded in the audit trail); its former holder then gets lease_expired."""
-        principal = await caller(ctx)
+        principal = await caller(ctx, reason)
         return await services_of(ctx).locks.release(principal, lock_id)
 
     @mcp.tool(annotations=READ_ONLY)
@@ -100,8 +102,9 @@ def register(mcp: MCPServer) -> None:
         capacity: Annotated[
             int, Field(ge=1, le=10_000, description="holders that may share it (1: a plain exclusive lock)")
         ],
+        reason: Reason = None,
     ) -> ResourceView:
         """Make a resource a counting semaphore (admin only): up to `capacity` exclusive holders of this
         exact name at once, each taking one slot, e.g. gpu:pool with capacity 4."""
-        principal = await caller(ctx)
+        principal = await caller(ctx, reason)
         return await services_of(ctx).locks.set_resource(principal, name, capacity)

@@ -2,21 +2,33 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 
 from mcp.server.mcpserver import MCPServer
-from mcp.server.mcpserver.exceptions import ResourceNotFoundError
+from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError
 from pydantic import BaseModel
 
-from server.errors import NotFound
+from server.domain.principal import Principal
+from server.errors import FleetError, NotFound, Refusal
 from tools.context import FleetContext, caller, services_of
 
 
-async def _as_json(view: Awaitable[BaseModel]) -> str:
+async def _read(
+    ctx: FleetContext, request: str, arguments: dict[str, str], read: Callable[[Principal], Awaitable[BaseModel]]
+) -> str:
+    """A resource read passes the same door as the tool it mirrors (`request`), and a refusal is
+    audited the same way; errors reach the client as resource errors carrying the stable code."""
+    principal = await caller(ctx)
     try:
-        return (await view).model_dump_json()
+        await services_of(ctx).gate.admit(principal, request)
+        return (await read(principal)).model_dump_json()
     except NotFound as exc:
         raise ResourceNotFoundError(str(exc)) from exc
+    except Refusal as exc:
+        await services_of(ctx).gate.refused(principal, request, arguments, exc)
+        raise ResourceError(str(exc)) from exc
+    except FleetError as exc:
+        raise ResourceError(str(exc)) from exc
 
 
 def register(mcp: MCPServer) -> None:
@@ -26,7 +38,8 @@ def register(mcp: MCPServer) -> None:
         description="One agent as JSON, with its children",
     )
     async def agent_resource(agent_id: str, ctx: FleetContext) -> str:
-        return await _as_json(services_of(ctx).agents.get(await caller(ctx), agent_id))
+        arguments = {"agent_id": agent_id}
+        return await _read(ctx, "agent_get", arguments, lambda who: services_of(ctx).agents.get(who, agent_id))
 
     @mcp.resource(
         "agentfleet://tasks/{task_id}",
@@ -34,4 +47,5 @@ def register(mcp: MCPServer) -> None:
         description="One task as JSON: status, holder, attempts, result or error",
     )
     async def task_resource(task_id: str, ctx: FleetContext) -> str:
-        return await _as_json(services_of(ctx).tasks.get(await caller(ctx), task_id))
+        arguments = {"task_id": task_id}
+        return await _read(ctx, "task_get", arguments, lambda who: services_of(ctx).tasks.get(who, task_id))

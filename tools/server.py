@@ -10,8 +10,10 @@ from mcp.server.mcpserver.exceptions import ToolError, UnexpectedToolError
 from mcp.types import CallToolResult, InputRequiredResult, TextContent
 from pydantic import ValidationError
 
-from server.errors import FleetError, InvalidInput, NotFound, Unavailable
+from server.domain.principal import Principal
+from server.errors import FleetError, InvalidInput, NotFound, Refusal, Unavailable
 from server.metrics import Metrics
+from tools.context import AppState, current_principal, resolve_caller
 
 log = logging.getLogger("agentfleet.tools")
 
@@ -48,9 +50,10 @@ def _reject_unknown_arguments(tool: str, schema: dict[str, Any], arguments: dict
 
 
 class FleetMCPServer(MCPServer[Any]):
-    def __init__(self, *args: Any, metrics: Metrics, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, metrics: Metrics, state: AppState, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._metrics = metrics
+        self._state = state
 
     async def call_tool(
         self, name: str, arguments: dict[str, Any], context: Context[Any, Any] | None = None
@@ -58,13 +61,39 @@ class FleetMCPServer(MCPServer[Any]):
         # Callers choose tool names; count unknown ones under one label so metrics stay bounded.
         schema = self._tool_input_schema(name)
         label = name if schema is not None else "_unknown"
+        principal: Principal | None = None
         try:
             if schema is not None:
                 _reject_unknown_arguments(name, schema, arguments)
-            result = await super().call_tool(name, arguments, context)
-        except ToolError as exc:
-            error = as_fleet_error(exc, name)
+            principal = await resolve_caller(self._state)
+            if schema is not None:
+                await self._state.services.gate.admit(principal, name)
+            result = await self._call_as(principal, name, arguments, context)
+        except (ToolError, FleetError) as exc:
+            error = as_fleet_error(exc, name) if isinstance(exc, ToolError) else exc
             self._metrics.tool_calls.labels(label, error.code).inc()
+            if isinstance(error, Refusal) and principal is not None:
+                await self._record_refusal(principal, name, arguments, error)
             return CallToolResult(content=[TextContent(type="text", text=str(error))], is_error=True)
         self._metrics.tool_calls.labels(label, "ok").inc()
         return result
+
+    async def _call_as(
+        self, principal: Principal, name: str, arguments: dict[str, Any], context: Context[Any, Any] | None
+    ) -> CallToolResult | InputRequiredResult:
+        token = current_principal.set(principal)
+        try:
+            return await super().call_tool(name, arguments, context)
+        finally:
+            current_principal.reset(token)
+
+    async def _record_refusal(self, principal: Principal, name: str, arguments: dict[str, Any], error: Refusal) -> None:
+        try:
+            await self._state.services.gate.refused(principal.because(_reason(arguments)), name, arguments, error)
+        except FleetError as exc:  # the store is down: the caller still gets its refusal
+            log.warning("could not record the refusal of %s: %s", name, exc)
+
+
+def _reason(arguments: dict[str, Any]) -> str | None:
+    reason = arguments.get("reason")
+    return reason[:2000] if isinstance(reason, str) else None

@@ -16,6 +16,7 @@ from server.domain.task_spec import TASK_TYPE_PATTERN, TaskSpec
 from server.domain.views import ClaimResult, TaskLease, TaskList, TaskReceipt, TaskView
 from server.errors import InvalidInput
 from tools.annotations import DESTRUCTIVE, READ_ONLY, WRITES
+from tools.arguments import Reason
 from tools.context import FleetContext, caller, services_of
 
 TaskId = Annotated[str, Field(min_length=5, max_length=40, pattern=r"^tsk_[0-9A-Z]+$", description="a task id, tsk_…")]
@@ -78,6 +79,14 @@ def register(mcp: MCPServer) -> None:
                 "with the usage recorded for the task when the attempt ends",
             ),
         ] = None,
+        requires_approval: Annotated[
+            bool,
+            Field(
+                description="hold it in pending_approval until an admin or operator approves it (approval_decide); "
+                "profiles and budgets can also require approval"
+            ),
+        ] = False,
+        reason: Reason = None,
     ) -> TaskReceipt:
         """Queue a unit of work for the fleet. An agent whose capabilities include all of the task's
         claims it (task_claim), highest priority first, FIFO within a priority. A task no live agent
@@ -85,7 +94,7 @@ def register(mcp: MCPServer) -> None:
         with backoff up to max_attempts, then the task is dead. Poll task_get (or read
         agentfleet://tasks/{id}) for its result. Returns a receipt (id, status, priority, ready_at, …),
         not the payload you sent."""
-        principal = await caller(ctx)
+        principal = await caller(ctx, reason)
         try:
             spec = TaskSpec(
                 type=type,
@@ -102,6 +111,7 @@ def register(mcp: MCPServer) -> None:
                 allow_unroutable=allow_unroutable,
                 resources=tuple(resources),
                 estimated_cost_usd=estimated_cost_usd,
+                requires_approval=requires_approval,
             )
         except ValidationError as exc:
             raise InvalidInput(f"task spec: {exc.errors()[0]['msg']}") from exc
@@ -134,9 +144,10 @@ def register(mcp: MCPServer) -> None:
         task_id: TaskId,
         reason: Annotated[str | None, Field(max_length=1000, description="why; recorded on the task")] = None,
     ) -> TaskView:
-        """Cancel a task you submitted. A queued task is cancelled at once; a running one is asked to
-        stop (its holder learns it on its next heartbeat)."""
-        principal = await caller(ctx)
+        """Cancel a task you submitted (an operator: any task). A queued task, or one waiting for
+        approval, is cancelled at once; a running one is asked to stop (its holder learns it on its
+        next heartbeat)."""
+        principal = await caller(ctx, reason)
         return await services_of(ctx).tasks.cancel(principal, task_id, reason)
 
     @mcp.tool(annotations=WRITES)
@@ -178,10 +189,11 @@ def register(mcp: MCPServer) -> None:
             dict[str, Any] | None,
             Field(description="what the work consumed, e.g. {model, input_tokens, output_tokens}"),
         ] = None,
+        reason: Reason = None,
     ) -> TaskView:
         """Finish a task you hold with its result. Only the lease holder may; a lapsed lease answers
         lease_expired (the task is being retried elsewhere)."""
-        principal = await caller(ctx)
+        principal = await caller(ctx, reason)
         return await services_of(ctx).leases.complete(principal, task_id, result, usage)
 
     @mcp.tool(annotations=WRITES)
@@ -193,8 +205,9 @@ def register(mcp: MCPServer) -> None:
             bool,
             Field(description="true: retry with backoff while attempts remain (then dead); false: the task fails now"),
         ] = True,
+        reason: Reason = None,
     ) -> TaskView:
         """Give up on a task you hold. Retryable failures go back to the queue after a backoff delay
         until max_attempts is used up (then the task is dead); others fail at once."""
-        principal = await caller(ctx)
+        principal = await caller(ctx, reason)
         return await services_of(ctx).leases.fail(principal, task_id, error, retryable)

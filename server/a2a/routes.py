@@ -11,8 +11,9 @@ from starlette.routing import BaseRoute
 
 from server.a2a.card import build_card
 from server.a2a.executor import PRINCIPAL_KEY, OrchestratorExecutor, TaskIdGenerator
+from server.a2a.gated_handler import GatedRequestHandler
 from server.a2a.task_store import OrchestratorTaskStore
-from server.domain.principal import Principal, Role
+from server.http.bearer import principal_from
 from server.services.container import Services
 
 
@@ -23,7 +24,7 @@ class PrincipalContextBuilder(DefaultServerCallContextBuilder):
         ctx = super().build(request)
         token = getattr(request.scope.get("user"), "access_token", None)
         if token is not None:
-            ctx.state[PRINCIPAL_KEY] = Principal(Role(token.client_id), token.subject or "")
+            ctx.state[PRINCIPAL_KEY] = principal_from(token)
         return ctx
 
 
@@ -31,7 +32,8 @@ def a2a_routes(services: Services) -> tuple[list[BaseRoute], list[BaseRoute], De
     """(public card routes, JSON-RPC routes to protect, the handler to close on shutdown)."""
     card = build_card(services.settings.base_url)
     store = OrchestratorTaskStore(services)
-    handler = DefaultRequestHandler(
+    handler = GatedRequestHandler(
+        services,
         agent_executor=OrchestratorExecutor(services),
         task_store=store,
         agent_card=card,

@@ -5,9 +5,12 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from server.domain.approval import Decision
 from server.domain.budget import POOL_NAME
+from server.domain.resources import parse_name
+from server.errors import InvalidInput
 
 
 class Runtime(StrEnum):
@@ -23,6 +26,53 @@ class ProfileLimits(BaseModel):
     cpu_seconds: int | None = Field(None, ge=1, description="RLIMIT_CPU for process agents")
     memory_mb: int | None = Field(None, ge=16, description="RLIMIT_AS for process agents")
     open_files: int | None = Field(None, ge=16, description="RLIMIT_NOFILE for process agents")
+    rate_per_s: float | None = Field(
+        None, gt=0, le=100_000, description="tool calls per second (refill); unset: AGENTFLEET_RATE_LIMIT_PER_S"
+    )
+    rate_burst: int | None = Field(None, ge=1, le=1_000_000, description="calls allowed at once; unset: the setting")
+
+
+Pattern = Annotated[str, Field(min_length=1, max_length=300)]
+
+
+class ProfilePermissions(BaseModel):
+    """What an agent of this profile may do. Unset means no restriction beyond its role."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    tools: tuple[Pattern, ...] | None = Field(
+        None, max_length=64, description="tool names it may call (shell-style patterns, e.g. task_*)"
+    )
+    task_types: tuple[Pattern, ...] | None = Field(
+        None, max_length=64, description="task types it may submit (shell-style patterns, e.g. review.*)"
+    )
+    lock_resources: tuple[Pattern, ...] | None = Field(
+        None, max_length=64, description="resource names it may lock; a trailing /** allows a subtree"
+    )
+
+    @field_validator("lock_resources")
+    @classmethod
+    def _resource_names(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        for name in value or ():
+            try:
+                parse_name(name)
+            except InvalidInput as exc:
+                raise ValueError(exc.message) from None
+        return value
+
+
+class ApprovalPolicy(BaseModel):
+    """Which of this profile's agents' submissions wait for a person."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    task_types: tuple[Pattern, ...] = Field(
+        default=(), max_length=64, description="task types whose submission needs approval (patterns)"
+    )
+    timeout_s: int | None = Field(
+        None, ge=60, le=30 * 86_400, description="how long a person has to decide; unset: AGENTFLEET_APPROVAL_TIMEOUT_S"
+    )
+    on_expiry: Decision | None = Field(None, description="the decision when time runs out; unset: the setting")
 
 
 class Profile(BaseModel):
@@ -38,6 +88,8 @@ class Profile(BaseModel):
         default=(), max_length=16, description="budget pools its agents join (scopes pool:<name>)"
     )
     limits: ProfileLimits = Field(default_factory=ProfileLimits)
+    permissions: ProfilePermissions = Field(default_factory=ProfilePermissions)
+    approvals: ApprovalPolicy = Field(default_factory=ApprovalPolicy)
 
     @property
     def ref(self) -> str:

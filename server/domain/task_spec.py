@@ -36,6 +36,7 @@ class TaskSpec(BaseModel):
     estimated_cost_usd: Decimal | None = Field(
         None, ge=0, le=MAX_USD, decimal_places=6, description="set aside from the claiming agent's budgets per attempt"
     )
+    requires_approval: bool = Field(False, description="wait in pending_approval until an admin or operator decides")
 
     @field_validator("not_before")
     @classmethod
@@ -52,6 +53,8 @@ class TaskSpec(BaseModel):
 
     def canonical_json(self) -> str:
         body = self.model_dump(mode="json", exclude={"idempotency_key", "allow_unroutable"})
+        if not self.requires_approval:
+            del body["requires_approval"]  # so specs hashed before the field existed hash the same
         body["capabilities"] = sorted(set(body["capabilities"]))
         body["resources"] = sorted(body["resources"], key=lambda r: r["name"])
         return json.dumps(body, sort_keys=True, separators=(",", ":"))

@@ -67,6 +67,49 @@ class LockItemView(View):
     lock_id: str
 
 
+class ApprovalView(View):
+    id: str
+    task_id: str
+    task_type: str
+    estimated_cost_usd: str | None
+    status: str = Field(description="pending, approved, rejected, or withdrawn (its task was cancelled)")
+    reasons: list[str] = Field(description="why the task needs approval")
+    requested_by: str
+    created_at: str
+    expires_at: str = Field(description="when on_expiry applies if nobody decides")
+    on_expiry: str = Field(description="the decision taken at expires_at: approve or reject")
+    decided_by: str | None = Field(description="who decided; 'expiry' when nobody did in time")
+    decided_at: str | None
+    note: str | None = Field(description="the decider's note, for the requester")
+    expired: bool = Field(description="nobody decided in time; an approval.escalated event was recorded")
+
+
+class ApprovalPage(View):
+    approvals: list[ApprovalView] = Field(description="oldest first")
+    next_after_id: str | None = Field(description="pass as after_id for the next page; null at the end")
+
+
+class TokenView(View):
+    id: str
+    name: str = Field(description="the principal id its calls are recorded under")
+    role: str
+    created_by: str
+    created_at: str
+    rotated_at: str | None
+    expires_at: str | None
+    revoked_at: str | None
+    active: bool = Field(description="not revoked and not expired")
+
+
+class IssuedToken(View):
+    token: str = Field(description="the bearer secret: shown this once, stored only as a hash")
+    details: TokenView
+
+
+class TokenList(View):
+    tokens: list[TokenView]
+
+
 class TaskView(View):
     id: str
     type: str
@@ -105,6 +148,9 @@ class TaskView(View):
     )
     attempt_history: list[AttemptView] | None = Field(
         None, description="every attempt: filled by task_get (and the task resource), null elsewhere"
+    )
+    approval: ApprovalView | None = Field(
+        None, description="the approval the task waits or waited for: decision, who, note (task_submit, task_get)"
     )
 
 
@@ -183,6 +229,9 @@ class TaskReceipt(View):
     max_attempts: int
     idempotency_key: str | None
     unroutable: bool
+    approval: ApprovalView | None = Field(
+        None, description="set when the task waits in pending_approval: why, and until when"
+    )
 
     @classmethod
     def of(cls, task: TaskView) -> TaskReceipt:
@@ -215,6 +264,9 @@ class BudgetView(BudgetSummary):
     id: str
     remaining_usd: str = Field(description="limit minus spent minus reserved (never below 0)")
     thresholds: list[ThresholdView]
+    approval_above_usd: str | None = Field(
+        None, description="tasks submitted under it with a larger estimated_cost_usd wait for approval"
+    )
     period_start: str | None = Field(description="UTC start of the current period; null for `total`")
     period_end: str | None = Field(description="when spend resets; null for `total`")
     created_at: str
@@ -284,11 +336,14 @@ class AuditEntry(View):
     seq: int = Field(description="position in its chain")
     id: str
     at: str
-    principal: str = Field(description="who acted: admin, an agent id, or a server loop (reaper)")
+    principal: str = Field(description="who acted: admin, a token's name, an agent id, or a server loop (reaper)")
     role: str
     action: str = Field(description="e.g. task.submit, lock.force_release, budget.reserve")
     subject: str = Field(description="the id acted on")
     detail: dict[str, Any]
+    reason: str | None = Field(None, description="why, in the caller's words (the reason argument)")
+    before_digest: str | None = Field(None, description="sha256 of the subject's stored row before the change")
+    after_digest: str | None = Field(None, description="sha256 of the subject's stored row after the change")
     hash: str = Field(description="sha256 over this row's content and the previous row's hash in its chain")
 
 

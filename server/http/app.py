@@ -23,11 +23,12 @@ from starlette.routing import Mount, Route, request_response
 from starlette.types import ASGIApp
 
 from server.a2a.routes import a2a_routes
+from server.http.bearer import SCOPE, FleetTokenVerifier
 from server.http.observe import RequestMetricsMiddleware
 from server.loops import background_loops
 from server.metrics import Metrics
 from server.services.container import Services
-from tools import SCOPE, FleetTokenVerifier, build_mcp
+from tools import build_mcp
 
 
 def _is_loopback(host: str) -> bool:

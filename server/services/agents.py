@@ -51,8 +51,8 @@ def agent_view(row: Row[Any], children: list[str] | None = None) -> AgentView:
 
 
 def _visible(conn: Connection, principal: Principal, agent_id: str) -> bool:
-    """Admin sees every agent; an agent sees itself and its descendants."""
-    if principal.is_admin or agent_id == principal.id:
+    """Admin, operator and viewer see every agent; an agent sees itself and its descendants."""
+    if principal.sees_all or agent_id == principal.id:
         return True
     current: str | None = agent_id
     for _ in range(64):
@@ -62,6 +62,10 @@ def _visible(conn: Connection, principal: Principal, agent_id: str) -> bool:
         if current == principal.id:
             return True
     return False
+
+
+def _is_self_or_ancestor(conn: Connection, principal: Principal, agent_id: str) -> bool:
+    return principal.agent_id is not None and _visible(conn, principal, agent_id)
 
 
 def descendants(conn: Connection, root_id: str) -> list[str]:
@@ -201,8 +205,10 @@ class AgentService:
 
     def _get_tx(self, conn: Connection, principal: Principal, agent_id: str) -> AgentView:
         row = conn.execute(select(agents).where(agents.c.id == agent_id)).first()
-        if row is None or not _visible(conn, principal, agent_id):
+        if row is None:
             raise NotFound(f"no agent {agent_id}")
+        if not _visible(conn, principal, agent_id):
+            raise PermissionDenied(f"agent {agent_id} is not you or one of your descendants")
         children = list(
             conn.execute(select(agents.c.id).where(agents.c.parent_id == agent_id).order_by(agents.c.id)).scalars()
         )
@@ -234,7 +240,7 @@ class AgentService:
             query = query.where(agents.c.profile == profile.partition("@")[0])
         if parent_id is not None:
             query = query.where(agents.c.parent_id == parent_id)
-        if not principal.is_admin:
+        if not principal.sees_all:
             query = query.where(agents.c.id.in_([principal.id, *descendants(conn, principal.id)]))
         return [agent_view(row) for row in conn.execute(query)]
 
@@ -249,8 +255,10 @@ class AgentService:
     ) -> tuple[list[str], list[Any]]:
         now = self._clock.now_us()
         row = conn.execute(select(agents.c.status).where(agents.c.id == agent_id)).first()
-        if row is None or not _visible(conn, principal, agent_id):
+        if row is None:
             raise NotFound(f"no agent {agent_id}")
+        if not (principal.can_operate or _is_self_or_ancestor(conn, principal, agent_id)):
+            raise PermissionDenied(f"agent {agent_id} is not yours to end: only itself, its ancestors or an operator")
         if row.status == AgentStatus.TERMINATED:
             raise Conflict(f"agent {agent_id} is already terminated")
         below = descendants(conn, agent_id)

@@ -15,11 +15,11 @@ from typing import Any
 
 from sqlalchemy import Connection, bindparam, select, text
 
-from server.clock import to_iso
-from server.domain.audit_chain import CHAINS_PG, GENESIS, row_hash
+from server.clock import Clock, to_iso
+from server.domain.audit_chain import CHAINS_PG, GENESIS, row_hash, state_digest
 from server.domain.principal import Principal
 from server.domain.views import AuditEntry, AuditPage
-from server.errors import PermissionDenied
+from server.errors import PermissionDenied, Refusal
 from server.ids import EVENT, new_id
 from server.store.database import Database, before_commit, tx_local
 from server.store.tables import audit_log
@@ -45,7 +45,12 @@ def record(
     action: str,
     subject: str,
     detail: dict[str, Any] | None = None,
+    *,
+    before: Any = None,
+    after: Any = None,
 ) -> None:
+    """Stage an audit row for this transaction. `before` and `after` are the subject's stored row
+    (a mapping or a result row) around the change, where the caller has them in hand."""
     local = tx_local(conn)
     pending = local.get(_PENDING)
     if pending is None:
@@ -60,6 +65,9 @@ def record(
             "action": action,
             "subject": subject,
             "detail": detail or {},
+            "reason": principal.reason,
+            "before_digest": None if before is None else state_digest(before),
+            "after_digest": None if after is None else state_digest(after),
         }
     )
 
@@ -142,12 +150,21 @@ class AuditFilter:
 
 
 class AuditService:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, clock: Clock) -> None:
         self._db = db
+        self._clock = clock
+
+    async def refused(self, principal: Principal, request: str, subject: str, error: Refusal) -> None:
+        """A refused request changes nothing, so its row is written on its own, after the refusal."""
+        await self._db.write(self._refused_tx, principal, request, subject, error)
+
+    def _refused_tx(self, conn: Connection, principal: Principal, request: str, subject: str, error: Refusal) -> None:
+        detail = {"request": request, "code": error.code, "message": error.message[:500]}
+        record(conn, self._clock.now_us(), principal, "request.refused", subject[:40], detail)
 
     async def query(self, principal: Principal, where: AuditFilter) -> AuditPage:
-        if not principal.is_admin:
-            raise PermissionDenied("the audit trail is for the admin")
+        if not principal.can_operate:
+            raise PermissionDenied("the audit trail is for admin and operator principals")
         return await self._db.read(self._query_tx, where)
 
     @staticmethod
@@ -180,6 +197,9 @@ class AuditService:
                     action=r.action,
                     subject=r.subject,
                     detail=r.detail,
+                    reason=r.reason,
+                    before_digest=r.before_digest,
+                    after_digest=r.after_digest,
                     hash=r.hash,
                 )
                 for r in page

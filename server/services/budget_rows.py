@@ -32,7 +32,7 @@ from server.domain.money import usd
 from server.errors import BudgetExceeded
 from server.ids import EVENT, HOLD, new_id
 from server.store.dialect import insert_ignoring_duplicates
-from server.store.tables import budget_holds, budgets, events
+from server.store.tables import agents, budget_holds, budgets, events
 
 _PG_CHARGE_LOCK = 0x61666264  # shared by charges, exclusive for budget_set (see `hold_off_charges`)
 _CURRENT = "CASE period WHEN 'daily' THEN :day WHEN 'monthly' THEN :month ELSE 0 END"
@@ -122,6 +122,14 @@ class Spender:
 
 
 ADMIN_SPENDER = Spender(None)
+
+
+def spender_of(conn: Connection, agent_id: str | None) -> Spender:
+    """An agent's spender (its row read now), or the admin's for anyone else."""
+    if agent_id is None:
+        return ADMIN_SPENDER
+    row = conn.execute(select(agents).where(agents.c.id == agent_id)).first()
+    return ADMIN_SPENDER if row is None else Spender.of_agent(row)
 
 
 def period_params(now: int) -> dict[str, int]:

@@ -51,6 +51,7 @@ def budget_view(row: Row[Any], now: int, crossed: set[int]) -> BudgetView:
             ThresholdView(percent=t["percent"], action=t["action"], crossed=t["percent"] in crossed)
             for t in row.thresholds
         ],
+        approval_above_usd=None if row.approval_above_micros is None else str(usd(row.approval_above_micros)),
         period_start=to_iso(period.start(now)) if period is not Period.TOTAL else None,
         period_end=to_iso(period.end(now)),
         created_at=to_iso(row.created_at) or "",

@@ -30,7 +30,6 @@ from server.ids import BUDGET, HOLD, USAGE, new_id
 from server.services import audit
 from server.services.agents import descendants
 from server.services.budget_rows import (
-    ADMIN_SPENDER,
     Spender,
     applicable,
     close_hold,
@@ -41,6 +40,7 @@ from server.services.budget_rows import (
     open_hold,
     record_crossings,
     scopes_of,
+    spender_of,
 )
 from server.services.budget_views import budget_summary, budget_view, hold_view
 from server.services.pricing import PriceTable
@@ -100,13 +100,15 @@ class BudgetService:
         period: Period = Period.TOTAL,
         thresholds: Sequence[Threshold] | None = None,
         enforcement: Enforcement = Enforcement.HARD,
+        approval_above_usd: Decimal | None = None,
     ) -> BudgetView:
         parsed = Scope.parse(scope)
         limit = to_micros(limit_usd, "limit_usd")
+        approval_above = None if approval_above_usd is None else to_micros(approval_above_usd, "approval_above_usd")
         chosen = check_thresholds(tuple(thresholds) if thresholds is not None else DEFAULT_THRESHOLDS)
         if parsed.kind == "profile":
             self._profiles.resolve(parsed.name)  # a typo is invalid_input, not a budget nobody is under
-        return await self._db.write(self._set_tx, principal, parsed, limit, period, chosen, enforcement)
+        return await self._db.write(self._set_tx, principal, parsed, limit, period, chosen, enforcement, approval_above)
 
     def _set_tx(
         self,
@@ -117,6 +119,7 @@ class BudgetService:
         period: Period,
         thresholds: tuple[Threshold, ...],
         enforcement: Enforcement,
+        approval_above: int | None,
     ) -> BudgetView:
         now = self._clock.now_us()
         self._authorize_set(conn, principal, scope)
@@ -127,6 +130,7 @@ class BudgetService:
             "period": period.value,
             "enforcement": enforcement.value,
             "thresholds": [t.model_dump(mode="json") for t in thresholds],
+            "approval_above_micros": approval_above,
             "updated_at": now,
         }
         if existing is None or existing.period != period.value or existing.period_start < period.start(now):
@@ -152,6 +156,8 @@ class BudgetService:
             "budget.set",
             budget_id,
             {"scope": str(scope), "limit_usd": str(usd(limit)), "period": period.value, "enforcement": enforcement},
+            before=existing,
+            after=row,
         )
         return budget_view(row, now, self._crossed(conn, row, now))
 
@@ -191,7 +197,7 @@ class BudgetService:
 
     def _status_tx(self, conn: Connection, principal: Principal, scope: Scope | None) -> BudgetReports:
         now = self._clock.now_us()
-        visible = None if principal.is_admin else self._visible_scopes(conn, principal)
+        visible = None if principal.sees_all else self._visible_scopes(conn, principal)
         query = select(budgets).order_by(budgets.c.scope)
         if scope is not None:
             query = query.where(budgets.c.scope == str(scope))
@@ -277,7 +283,7 @@ class BudgetService:
         hold_off_charges(conn, exclusive=False)  # before any budget row: budget_set takes them in that order
         hold = self._hold(conn, hold_id, for_update=True)
         if not (principal.is_admin or hold.holder == principal.id):
-            raise NotFound(f"no hold {hold_id} of yours")
+            raise PermissionDenied(f"hold {hold_id} belongs to {hold.holder}, not you")
         if hold.status == HoldStatus.SETTLED or (hold.status == HoldStatus.EXPIRED and actual is None):
             if actual is not None and actual != hold.spent_micros:
                 raise Conflict(
@@ -301,7 +307,7 @@ class BudgetService:
                 .values(status=HoldStatus.SETTLED.value, spent_micros=spent)
             )
         if extra > 0:
-            self._charge(conn, self._spender_of_holder(conn, hold.holder), now, extra, hold_id=hold_id)
+            self._charge(conn, spender_of(conn, hold.holder), now, extra, hold_id=hold_id)
         audit.record(conn, now, principal, "budget.release", hold_id, {"spent_usd": str(usd(spent))})
         return hold_view(conn, self._hold(conn, hold_id))
 
@@ -443,15 +449,9 @@ class BudgetService:
             raise NotFound(f"no hold {hold_id}")
         return row
 
-    def _spender(self, conn: Connection, principal: Principal) -> Spender:
-        if principal.agent_id is None:
-            return ADMIN_SPENDER
-        return self._spender_of_holder(conn, principal.agent_id)
-
     @staticmethod
-    def _spender_of_holder(conn: Connection, holder: str) -> Spender:
-        row = conn.execute(select(agents).where(agents.c.id == holder)).first()
-        return ADMIN_SPENDER if row is None else Spender.of_agent(row)
+    def _spender(conn: Connection, principal: Principal) -> Spender:
+        return spender_of(conn, principal.agent_id)
 
     @staticmethod
     def _task_type(conn: Connection, principal: Principal, task_id: str) -> str:
@@ -469,7 +469,7 @@ class BudgetService:
         if hold_id is not None:
             hold = self._hold(conn, hold_id, for_update=True)
             if hold.holder != principal.id:
-                raise NotFound(f"no hold {hold_id} of yours")
+                raise PermissionDenied(f"hold {hold_id} belongs to {hold.holder}; draw only from your own holds")
             if hold.status != HoldStatus.HELD:
                 raise Conflict(f"hold {hold_id} is {hold.status}; record the usage without hold_id")
             return hold

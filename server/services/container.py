@@ -5,18 +5,25 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from server.clock import Clock, SystemClock
+from server.domain.approval import Decision
 from server.services.a2a_records import A2ARecordService
+from server.services.access import AccessPolicy
 from server.services.agents import AgentService
+from server.services.approval_rows import ApprovalTerms
+from server.services.approvals import ApprovalService
 from server.services.audit import AuditService
 from server.services.auth import Authenticator
 from server.services.budgets import BudgetService
 from server.services.fleet import FleetService
+from server.services.gate import Gate
 from server.services.leases import LeaseService
 from server.services.locks import LockService
 from server.services.pricing import PriceTable
 from server.services.profiles import ProfileRegistry, shipped_profiles_dir
+from server.services.rate_limits import RateLimiter
 from server.services.signals import LockSignals, TaskSignals
 from server.services.tasks import TaskService
+from server.services.tokens import TokenService
 from server.settings import Settings
 from server.store import migrate
 from server.store.database import Database, create_store_engine
@@ -39,6 +46,10 @@ class Services:
     fleet: FleetService
     a2a_records: A2ARecordService
     audit: AuditService
+    access: AccessPolicy
+    gate: Gate
+    tokens: TokenService
+    approvals: ApprovalService
 
     def close(self) -> None:
         self.signals.close()
@@ -63,17 +74,29 @@ def build_services(
         migrate.upgrade(db.engine)
     signals = TaskSignals()
     lock_signals = LockSignals()
-    locks = LockService(db, clock, lock_signals, signals, settings.claim_recheck_s)
+    access = AccessPolicy(profiles)
+    audit = AuditService(db, clock)
+    locks = LockService(db, clock, lock_signals, signals, settings.claim_recheck_s, access)
     leases = LeaseService(db, clock, signals, locks, settings.claim_recheck_s)
     budgets = BudgetService(db, clock, profiles, PriceTable.load(settings.data_dir))
+    approval_terms = ApprovalTerms(settings.approval_timeout_s, Decision(settings.approval_on_expiry))
     return Services(
         settings=settings,
         db=db,
         clock=clock,
         profiles=profiles,
-        auth=Authenticator(db, admin_token),
+        auth=Authenticator(db, clock, admin_token),
         agents=AgentService(db, clock, profiles, leases, locks),
-        tasks=TaskService(db, clock, profiles, signals, settings.max_payload_bytes, settings.priority_aging_s),
+        tasks=TaskService(
+            db,
+            clock,
+            profiles,
+            signals,
+            settings.max_payload_bytes,
+            settings.priority_aging_s,
+            access,
+            approval_terms,
+        ),
         leases=leases,
         locks=locks,
         budgets=budgets,
@@ -81,5 +104,9 @@ def build_services(
         lock_signals=lock_signals,
         fleet=FleetService(db, clock),
         a2a_records=A2ARecordService(db, clock),
-        audit=AuditService(db),
+        audit=audit,
+        access=access,
+        gate=Gate(access, RateLimiter(db, clock, settings, access), audit),
+        tokens=TokenService(db, clock),
+        approvals=ApprovalService(db, clock, signals),
     )

@@ -36,6 +36,7 @@ from server.domain.views import LockConflict, LockGrant, LockItemView, LockList,
 from server.errors import Conflict, Deadlock, InvalidInput, LeaseExpired, LockTimeout, NotFound, PermissionDenied
 from server.ids import LOCK, new_id
 from server.services import audit
+from server.services.access import AccessPolicy
 from server.services.lock_state import (
     LiveItem,
     Obstacle,
@@ -225,8 +226,10 @@ class LockService:
         signals: LockSignals,
         task_signals: TaskSignals,
         recheck_s: float,
+        access: AccessPolicy,
         rng: Random | None = None,
     ) -> None:
+        self._access = access
         self._db = db
         self._clock = clock
         self._signals = signals
@@ -246,6 +249,7 @@ class LockService:
         request_id: str | None = None,
     ) -> LockGrant:
         request = AcquireRequest(parse_all(requested), ttl_s, wait_s, priority, task_id, request_id)
+        self._access.check_lock_names(principal, [r.name for r in requested])
         placed = await self._db.write(self._acquire_tx, principal, request)
         if not placed.waiting or placed.lock_id is None:
             return _grant_view(placed)
@@ -516,13 +520,18 @@ class LockService:
             .returning(locks.c.id)
         ).first()
         if renewed is None:
-            self._explain_not_held(conn, principal, lock_id, now)
+            self._explain_not_held(conn, principal, lock_id, now, for_others=False)  # only its holder renews
         return _read_lock(conn, lock_id)
 
-    def _explain_not_held(self, conn: Connection, principal: Principal, lock_id: str, now: int) -> None:
+    def _explain_not_held(
+        self, conn: Connection, principal: Principal, lock_id: str, now: int, *, for_others: bool
+    ) -> None:
+        """`for_others`: may the caller act on a lock it does not hold (an operator's force-release)?"""
         row = conn.execute(select(locks).where(locks.c.id == lock_id)).first()
-        if row is None or (row.holder != principal.id and not principal.is_admin):
-            raise NotFound(f"no lock {lock_id} of yours")
+        if row is None:
+            raise NotFound(f"no lock {lock_id}")
+        if row.holder != principal.id and not for_others:
+            raise PermissionDenied(f"lock {lock_id} is held by {row.holder}, not you")
         if row.status == LockStatus.HELD and row.expires_at is None:
             raise InvalidInput(f"lock {lock_id} lives as long as task {row.task_id}; renew that task's lease instead")
         if row.status == LockStatus.HELD and row.expires_at <= now:
@@ -545,8 +554,10 @@ class LockService:
         now = self._clock.now_us()
         self._serialize(conn)
         row = conn.execute(_LOCK_ROW, {"lock_id": lock_id}).first()
-        if row is None or (row.holder != principal.id and not principal.is_admin):
-            raise NotFound(f"no lock {lock_id} of yours")
+        if row is None:
+            raise NotFound(f"no lock {lock_id}")
+        if row.holder != principal.id and not principal.can_operate:
+            raise PermissionDenied(f"lock {lock_id} is held by {row.holder}, not you")
         if row.status == LockStatus.RELEASED and row.ended_by == principal.id:
             return _read_lock(conn, lock_id), None  # a repeated release: same answer
         if row.status == LockStatus.HELD and row.expires_at is not None and row.expires_at <= now:
@@ -558,7 +569,7 @@ class LockService:
                 f"your lease on {lock_id} ran out before this release; others may have held it since"
             )
         if row.status not in _LIVE_STATUSES:
-            self._explain_not_held(conn, principal, lock_id, now)
+            self._explain_not_held(conn, principal, lock_id, now, for_others=principal.can_operate)
         forced = row.holder != principal.id
         new_status = LockStatus.RELEASED if row.status == LockStatus.HELD else LockStatus.CANCELLED
         self._end(conn, [lock_id], new_status, LockStatus(row.status), now, principal.id)

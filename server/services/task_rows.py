@@ -10,12 +10,15 @@ from server.clock import to_iso
 from server.domain.money import usd
 from server.domain.priority import Priority
 from server.domain.statuses import LockStatus
-from server.domain.views import AttemptView, LockItemView, TaskView
+from server.domain.views import ApprovalView, AttemptView, LockItemView, TaskView
 from server.store.tables import lock_items, locks, task_attempts
 
 
 def task_view(
-    row: Row[Any], attempts: list[AttemptView] | None = None, locks: list[LockItemView] | None = None
+    row: Row[Any],
+    attempts: list[AttemptView] | None = None,
+    locks: list[LockItemView] | None = None,
+    approval: ApprovalView | None = None,
 ) -> TaskView:
     # model_construct: the row already satisfies every constraint the model states.
     return TaskView.model_construct(
@@ -49,6 +52,7 @@ def task_view(
         estimated_cost_usd=None if row.estimated_cost_micros is None else str(usd(row.estimated_cost_micros)),
         locks=locks,
         attempt_history=attempts,
+        approval=approval,
     )
 
 

@@ -19,9 +19,19 @@ from server.domain.resources import parse_all
 from server.domain.statuses import LIVE_AGENT_STATUSES, TaskStatus, task_sources
 from server.domain.task_spec import TaskSpec, payload_size
 from server.domain.views import TaskView
-from server.errors import Conflict, InvalidInput, NotFound
+from server.errors import Conflict, InvalidInput, NotFound, PermissionDenied
 from server.ids import TASK, new_id
 from server.services import audit
+from server.services.access import AccessPolicy
+from server.services.approval_rows import (
+    ApprovalTerms,
+    approval_of,
+    approval_reasons,
+    approval_view,
+    open_approval,
+    terms_for,
+    withdraw,
+)
 from server.services.profiles import ProfileRegistry
 from server.services.signals import TaskSignals
 from server.services.task_rows import attempt_history, task_locks, task_view
@@ -61,10 +71,14 @@ class TaskService:
         signals: TaskSignals,
         max_payload_bytes: int,
         priority_aging_s: int,
+        access: AccessPolicy,
+        approval_terms: ApprovalTerms,
     ) -> None:
         self._db = db
         self._clock = clock
         self._profiles = profiles
+        self._access = access
+        self._approval_terms = approval_terms
         self._signals = signals
         self._max_payload = max_payload_bytes
         self._aging_us = priority_aging_s * MICROS
@@ -82,8 +96,10 @@ class TaskService:
             raise InvalidInput(
                 f"payload is {size} bytes; the limit is {self._max_payload} (AGENTFLEET_MAX_PAYLOAD_BYTES)"
             )
+        self._access.check_task_type(principal, spec.type)
         if spec.resources:
             parse_all(spec.resources)  # malformed or overlapping names are refused before anything is written
+            self._access.check_lock_names(principal, [r.name for r in spec.resources])
         spec = spec.model_copy(update={"capabilities": tuple(validate_capabilities(spec.capabilities))})
         view = await self._db.write(self._submit_tx, principal, spec, task_id or new_id(TASK))
         if view.status == TaskStatus.QUEUED:
@@ -98,18 +114,19 @@ class TaskService:
         if spec.idempotency_key is not None:
             existing = conn.execute(select(tasks).where(tasks.c.idempotency_key == spec.idempotency_key)).first()
             if existing is not None:
-                return self._replay(existing, digest, spec.idempotency_key)
+                return self._replay(conn, existing, digest, spec.idempotency_key)
         if spec.pinned_agent_id is not None:
             self._check_pin(conn, spec.pinned_agent_id)
         unroutable = not self._routable(conn, spec)
         ready_at = max(now, int(spec.not_before.timestamp() * MICROS)) if spec.not_before else now
+        needs_approval = approval_reasons(conn, self._access, principal, spec)
         values = dict(
             id=task_id,
             type=spec.type,
             payload=spec.payload,
             capabilities=list(spec.capabilities),
             priority=spec.priority.rank,
-            status=TaskStatus.QUEUED.value,
+            status=(TaskStatus.PENDING_APPROVAL if needs_approval else TaskStatus.QUEUED).value,
             pinned_agent_id=spec.pinned_agent_id,
             submitted_by=principal.id,
             created_at=now,
@@ -142,10 +159,20 @@ class TaskService:
                 existing = conn.execute(select(tasks).where(tasks.c.idempotency_key == spec.idempotency_key)).first()
                 if existing is None:
                     raise
-                return self._replay(existing, digest, spec.idempotency_key)
-        announce_ready(conn, self._signals, list(spec.capabilities), spec.pinned_agent_id, ready_at)
-        audit.record(conn, now, principal, "task.submit", task_id, {"type": spec.type})
-        return task_view(row)
+                return self._replay(conn, existing, digest, spec.idempotency_key)
+        approval = None
+        if needs_approval:
+            terms = terms_for(self._access, principal, self._approval_terms)
+            opened = open_approval(conn, task_id, principal, needs_approval, terms, now)
+            row = conn.execute(
+                update(tasks).where(tasks.c.id == task_id).values(approval_id=opened.id).returning(*tasks.c)
+            ).one()
+            approval = approval_view(opened, row)
+        else:
+            announce_ready(conn, self._signals, list(spec.capabilities), spec.pinned_agent_id, ready_at)
+        detail = {"type": spec.type, **({"approval_id": approval.id} if approval else {})}
+        audit.record(conn, now, principal, "task.submit", task_id, detail, after=row)
+        return task_view(row, approval=approval)
 
     def _routable(self, conn: Connection, spec: TaskSpec) -> bool:
         """Can some live agent, or some profile an agent could be spawned from, take this task?"""
@@ -178,10 +205,10 @@ class TaskService:
         return frozenset(c for (caps,) in rows for c in caps)
 
     @staticmethod
-    def _replay(existing: Row[Any], digest: str, key: str) -> TaskView:
+    def _replay(conn: Connection, existing: Row[Any], digest: str, key: str) -> TaskView:
         if existing.spec_hash != digest:
             raise Conflict(f"idempotency_key {key!r} was used for task {existing.id} with a different spec")
-        return task_view(existing)
+        return task_view(existing, approval=approval_of(conn, existing))
 
     @staticmethod
     def _check_pin(conn: Connection, agent_id: str) -> None:
@@ -197,13 +224,20 @@ class TaskService:
 
     def _get_tx(self, conn: Connection, principal: Principal, task_id: str) -> TaskView:
         row = conn.execute(select(tasks).where(tasks.c.id == task_id)).first()
-        if row is None or not self._may_see(principal, row):
+        if row is None:
             raise NotFound(f"no task {task_id}")
-        return task_view(row, attempt_history(conn, task_id), task_locks(conn, task_id) if row.has_locks else None)
+        if not self._may_see(principal, row):
+            raise PermissionDenied(f"task {task_id} is not yours: you did not submit it and it is not leased to you")
+        return task_view(
+            row,
+            attempt_history(conn, task_id),
+            task_locks(conn, task_id) if row.has_locks else None,
+            approval=approval_of(conn, row),
+        )
 
     @staticmethod
     def _may_see(principal: Principal, row: Row[Any]) -> bool:
-        return principal.is_admin or principal.id in (row.submitted_by, row.agent_id, row.pinned_agent_id)
+        return principal.sees_all or principal.id in (row.submitted_by, row.agent_id, row.pinned_agent_id)
 
     async def list(
         self,
@@ -236,7 +270,7 @@ class TaskService:
             query = query.where(tasks.c.agent_id == agent_id)
         if after is not None:
             query = query.where(tasks.c.id < after)
-        if not principal.is_admin:
+        if not principal.sees_all:
             query = query.where(
                 or_(
                     tasks.c.submitted_by == principal.id,
@@ -255,8 +289,10 @@ class TaskService:
     def _cancel_tx(self, conn: Connection, principal: Principal, task_id: str, reason: str | None) -> TaskView:
         now = self._clock.now_us()
         row = conn.execute(select(tasks).where(tasks.c.id == task_id)).first()
-        if row is None or not (principal.is_admin or principal.id == row.submitted_by):
-            raise NotFound(f"no task {task_id} that you submitted")
+        if row is None:
+            raise NotFound(f"no task {task_id}")
+        if not (principal.can_operate or principal.id == row.submitted_by):
+            raise PermissionDenied(f"task {task_id} is not yours to cancel: only its submitter or an operator may")
         error = f"cancelled by {principal.id}" + (f": {reason}" if reason else "")
         done = conn.execute(
             update(tasks)
@@ -274,7 +310,13 @@ class TaskService:
                 )
                 .values(cancel_requested=True, updated_at=now, error=error)
             ).rowcount
-        if not done:
-            raise Conflict(f"task {task_id} is already {row.status}")
-        audit.record(conn, now, principal, "task.cancel", task_id, {"reason": reason})
-        return task_view(conn.execute(select(tasks).where(tasks.c.id == task_id)).one())
+        if not done:  # it moved on since we read it: say where it is now
+            now_status = conn.execute(select(tasks.c.status).where(tasks.c.id == task_id)).scalar_one()
+            raise Conflict(f"task {task_id} is already {now_status}")
+        if row.approval_id is not None and row.status == TaskStatus.PENDING_APPROVAL:
+            withdraw(conn, row.approval_id, now)
+        after = conn.execute(select(tasks).where(tasks.c.id == task_id)).one()
+        audit.record(
+            conn, now, principal.because(reason), "task.cancel", task_id, {"reason": reason}, before=row, after=after
+        )
+        return task_view(after, approval=approval_of(conn, after))

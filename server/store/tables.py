@@ -9,6 +9,7 @@ from sqlalchemy import (
     Boolean,
     CheckConstraint,
     Column,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -22,7 +23,9 @@ from sqlalchemy import (
     text,
 )
 
+from server.domain.approval import ApprovalStatus, Decision
 from server.domain.budget import Enforcement, HoldStatus, Period
+from server.domain.principal import TOKEN_ROLES
 from server.domain.statuses import AgentStatus, LockStatus, TaskStatus
 
 NAMING = {
@@ -107,6 +110,8 @@ tasks = Table(
     Column("has_locks", Boolean, nullable=False, default=False),
     # Reserved from the claiming agent's budgets at dispatch, settled when the attempt ends.
     Column("estimated_cost_micros", BigInteger, nullable=True),
+    # The approval it waited for, if it needed one (orch_approvals.task_id points back).
+    Column("approval_id", String(ID), nullable=True),
     CheckConstraint(_one_of("status", [s.value for s in TaskStatus]), name="status"),
     CheckConstraint("priority BETWEEN 0 AND 3", name="priority"),
     CheckConstraint("attempts <= max_attempts", name="attempts"),
@@ -249,6 +254,8 @@ budgets = Table(
     Column("period_start", BigInteger, nullable=False),
     Column("spent_micros", BigInteger, nullable=False),
     Column("reserved_micros", BigInteger, nullable=False),
+    # Tasks submitted under this budget estimated above this wait for approval.
+    Column("approval_above_micros", BigInteger, nullable=True),
     Column("created_by", String(60), nullable=False),
     Column("created_at", BigInteger, nullable=False),
     Column("updated_at", BigInteger, nullable=False),
@@ -335,6 +342,10 @@ audit_log = Table(
     Column("action", String(60), nullable=False),
     Column("subject", String(ID), nullable=False, index=True),
     Column("detail", JSON, nullable=False),
+    # Why, in the caller's words; sha256 of the subject's stored row before and after the change.
+    Column("reason", Text, nullable=True),
+    Column("before_digest", String(64), nullable=True),
+    Column("after_digest", String(64), nullable=True),
     # The hash chains (server/domain/audit_chain.py): which chain, the position in it, the previous
     # row's hash there, and this row's.
     Column("chain", SmallInteger, nullable=False),
@@ -356,4 +367,58 @@ a2a_tasks = Table(
     Column("created_at", BigInteger, nullable=False),
     Column("updated_at", BigInteger, nullable=False),
     Index("ix_orch_a2a_tasks_owner", "owner", "id"),
+)
+
+# Tokens for people and services (admin, operator, viewer); agents get theirs at spawn. Only the
+# hash is kept; the name is the principal id that audit rows record, so it is never reused.
+tokens = Table(
+    "orch_tokens",
+    metadata,
+    Column("id", String(ID), primary_key=True),
+    Column("name", String(60), nullable=False, unique=True),
+    Column("role", String(20), nullable=False),
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("created_by", String(60), nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("rotated_at", BigInteger, nullable=True),
+    Column("expires_at", BigInteger, nullable=True),
+    Column("revoked_at", BigInteger, nullable=True),
+    CheckConstraint(_one_of("role", [r.value for r in TOKEN_ROLES]), name="role"),
+)
+
+# A task that waits for a person. status is the outcome; `expired` says nobody decided in time and
+# the default (on_expiry) applied.
+approvals = Table(
+    "orch_approvals",
+    metadata,
+    Column("id", String(ID), primary_key=True),
+    Column("task_id", String(ID), ForeignKey("orch_tasks.id"), nullable=False, unique=True),
+    Column("status", String(20), nullable=False),
+    Column("reasons", JSON, nullable=False),
+    Column("requested_by", String(60), nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("expires_at", BigInteger, nullable=False),
+    Column("on_expiry", String(10), nullable=False),
+    Column("decided_by", String(60), nullable=True),
+    Column("decided_at", BigInteger, nullable=True),
+    Column("note", Text, nullable=True),
+    Column("expired", Boolean, nullable=False, default=False),
+    CheckConstraint(_one_of("status", [s.value for s in ApprovalStatus]), name="status"),
+    CheckConstraint(_one_of("on_expiry", [d.value for d in Decision]), name="on_expiry"),
+    Index("ix_orch_approvals_status", "status", "id"),
+    Index(
+        "ix_orch_approvals_expiry",
+        "expires_at",
+        sqlite_where=text("status = 'pending'"),
+        postgresql_where=text("status = 'pending'"),
+    ),
+)
+
+# One token bucket per rate-limited principal, shared by every replica.
+rate_buckets = Table(
+    "orch_rate_buckets",
+    metadata,
+    Column("principal", String(60), primary_key=True),
+    Column("tokens", Float, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
 )

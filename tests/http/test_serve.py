@@ -57,6 +57,11 @@ CONTRACT_TOOLS = ISSUE_2_TOOLS | {
     "approval_list",
     "approval_decide",
     "audit_query",
+    # Issue 9 asks for admin-only token tools the contract does not name; README's changelog lists them.
+    "token_create",
+    "token_list",
+    "token_revoke",
+    "token_rotate",
 }
 READ_ONLY_TOOLS = {
     "fleet_status",
@@ -70,6 +75,7 @@ READ_ONLY_TOOLS = {
     "workflow_list",
     "approval_list",
     "audit_query",
+    "token_list",
 }
 DESTRUCTIVE_ISSUE_2_TOOLS = {"agent_terminate", "task_cancel"}
 PROTOCOL_OF_MODE = {"auto": "2026-07-28", "legacy": "2025-11-25"}

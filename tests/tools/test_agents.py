@@ -38,7 +38,7 @@ async def test_heartbeat_with_agent_token_activates_that_agent(connect):
     assert beat["status"] == "active" and beat["last_heartbeat_at"] is not None
     async with connect() as admin:
         failure = await call_error(admin, "agent_heartbeat")
-    assert failure.code == "invalid_input"
+    assert failure.code == "permission_denied" and "agent_heartbeat is for agent" in failure.text
 
 
 async def test_agent_spawned_by_an_agent_is_its_child_and_get_lists_children(connect):
@@ -95,9 +95,9 @@ async def test_an_agent_sees_only_itself_and_its_descendants(connect):
         listed = {a["id"] for a in (await call(as_first, "agent_list"))["agents"]}
         assert listed == {first["agent"]["id"], child["agent"]["id"]}
         hidden = await call_error(as_first, "agent_get", agent_id=second["agent"]["id"])
-        assert hidden.code == "not_found"
+        assert hidden.code == "permission_denied"
         forbidden = await call_error(as_first, "agent_terminate", agent_id=second["agent"]["id"])
-        assert forbidden.code == "not_found"
+        assert forbidden.code == "permission_denied"
         foreign_parent = await call_error(as_first, "agent_spawn", profile="default", parent_id=second["agent"]["id"])
         assert foreign_parent.code == "permission_denied"
 

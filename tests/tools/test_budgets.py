@@ -239,9 +239,8 @@ async def test_usage_is_priced_from_the_table_exactly_and_rounded_up(fake_connec
             "in-house-7b": "0.000000",
         }
     async with fake_connect() as admin:  # usage is an agent's: the admin has none to record
-        assert (await call_error(admin, "usage_record", model="gpt-5", input_tokens=1, output_tokens=1)).code == (
-            "invalid_input"
-        )
+        refused = await call_error(admin, "usage_record", model="gpt-5", input_tokens=1, output_tokens=1)
+        assert refused.code == "permission_denied" and "usage_record is for agent" in refused.text
 
 
 async def test_periods_reset_on_utc_day_and_month_boundaries(fake_connect, clock):
@@ -507,8 +506,9 @@ async def test_agents_budget_only_their_descendants_and_see_only_their_own_budge
         theirs = await call(other, "budget_reserve", amount_usd="2")
         assert (await claim(other))["id"] == foreign_task["id"]
     async with fake_connect(a["token"]) as agent:
-        assert (await call_error(agent, "budget_release", hold_id=theirs["id"])).code == "not_found"
-        assert (await call_error(agent, "budget_release", hold_id=theirs["id"], actual_usd="0")).code == "not_found"
+        assert (await call_error(agent, "budget_release", hold_id=theirs["id"])).code == "permission_denied"
+        denied = await call_error(agent, "budget_release", hold_id=theirs["id"], actual_usd="0")
+        assert denied.code == "permission_denied"
         for task_id in (foreign_task["id"], queued_task["id"]):
             denied = await call_error(
                 agent, "usage_record", model="gpt-5", input_tokens=1, output_tokens=1, task_id=task_id

@@ -175,9 +175,13 @@ async def test_another_agent_cannot_release_or_renew_my_lock(connect):
     a, b = await spawn_agents(connect, 2)
     async with connect(a["token"]) as ca, connect(b["token"]) as cb:
         held = await call(ca, "lock_acquire", resources=[ex("device:mine")])
-        assert (await call_error(cb, "lock_release", lock_id=held["lock_id"])).code == "not_found"
-        assert (await call_error(cb, "lock_renew", lock_id=held["lock_id"])).code == "not_found"
+        assert (await call_error(cb, "lock_release", lock_id=held["lock_id"])).code == "permission_denied"
+        assert (await call_error(cb, "lock_renew", lock_id=held["lock_id"])).code == "permission_denied"
         assert not (await call(cb, "lock_acquire", resources=[ex("device:mine")]))["granted"]
+    async with connect() as admin:  # the admin may force-release a lock, but not extend someone's lease
+        renewing = await call_error(admin, "lock_renew", lock_id=held["lock_id"], ttl_s=600)
+        assert renewing.code == "permission_denied" and "held by" in renewing.text
+        assert (await call(admin, "lock_release", lock_id=held["lock_id"]))["status"] == "released"
 
 
 async def test_a_task_scoped_lock_ends_with_the_task(connect):

@@ -89,8 +89,8 @@ async def test_agents_see_and_cancel_only_their_own_tasks(connect):
         own = await call(as_agent, "task_submit", type="review")
         assert (await call(as_agent, "task_get", task_id=own["id"]))["submitted_by"] == agent["agent"]["id"]
         assert [t["id"] for t in (await call(as_agent, "task_list"))["tasks"]] == [own["id"]]
-        assert (await call_error(as_agent, "task_get", task_id=admins_task["id"])).code == "not_found"
-        assert (await call_error(as_agent, "task_cancel", task_id=admins_task["id"])).code == "not_found"
+        assert (await call_error(as_agent, "task_get", task_id=admins_task["id"])).code == "permission_denied"
+        assert (await call_error(as_agent, "task_cancel", task_id=admins_task["id"])).code == "permission_denied"
         assert (await call(as_agent, "task_cancel", task_id=own["id"]))["status"] == "cancelled"
 
 

@@ -1,0 +1,83 @@
+"""Who may do what: the role table for every tool, and an agent's profile permissions on top.
+
+Checked at the door of every call (`admit`, by each adapter) and, for the rules that depend on a
+request's content (task types, resource names), by the service that handles it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from fnmatch import fnmatchcase
+
+from server.domain.permissions import roles_for
+from server.domain.principal import Principal, Role
+from server.domain.profile import Profile
+from server.domain.resources import parse_name
+from server.errors import InvalidInput, PermissionDenied
+from server.services.profiles import ProfileRegistry
+
+
+def _matches(value: str, patterns: Iterable[str]) -> bool:
+    return any(fnmatchcase(value, pattern) for pattern in patterns)
+
+
+def _allows_lock(allowed: Iterable[tuple[str, bool]], name: str) -> bool:
+    """A pattern allows a name it covers; a subtree request needs a subtree pattern covering it."""
+    key, subtree = parse_name(name)
+    return any(
+        (key == prefix or (wide and key.startswith(prefix + "/"))) and (wide or not subtree) for prefix, wide in allowed
+    )
+
+
+class AccessPolicy:
+    def __init__(self, profiles: ProfileRegistry) -> None:
+        self._profiles = profiles
+
+    def profile_of(self, principal: Principal) -> Profile | None:
+        """An agent's profile: the version it was spawned from, else the newest of that name."""
+        if principal.role is not Role.AGENT or principal.profile is None:
+            return None
+        try:
+            return self._profiles.resolve(principal.profile)
+        except InvalidInput:
+            pass
+        try:
+            return self._profiles.resolve(principal.profile.partition("@")[0])
+        except InvalidInput:
+            raise PermissionDenied(
+                f"your profile {principal.profile} is no longer installed, so nothing is allowed; ask an operator"
+            ) from None
+
+    def check_tool(self, principal: Principal, tool: str) -> None:
+        roles = roles_for(tool)
+        if principal.role not in roles:
+            allowed = ", ".join(sorted(r.value for r in roles))
+            raise PermissionDenied(f"{tool} is for {allowed}; you are {principal.role.value} {principal.id}")
+        profile = self.profile_of(principal)
+        tools = profile.permissions.tools if profile is not None else None
+        if tools is not None and not _matches(tool, tools):
+            raise PermissionDenied(f"profile {profile.ref} does not allow {tool}")
+
+    def check_task_type(self, principal: Principal, task_type: str) -> None:
+        profile = self.profile_of(principal)
+        types = profile.permissions.task_types if profile is not None else None
+        if profile is not None and types is not None and not _matches(task_type, types):
+            allowed = ", ".join(types) or "none"
+            raise PermissionDenied(
+                f"profile {profile.ref} may not submit tasks of type {task_type!r}; allowed: {allowed}"
+            )
+
+    def check_lock_names(self, principal: Principal, names: Iterable[str]) -> None:
+        profile = self.profile_of(principal)
+        if profile is None or profile.permissions.lock_resources is None:
+            return
+        allowed = [parse_name(pattern) for pattern in profile.permissions.lock_resources]
+        for name in names:
+            if not _allows_lock(allowed, name):
+                patterns = ", ".join(profile.permissions.lock_resources) or "none"
+                raise PermissionDenied(f"profile {profile.ref} may not lock {name}; allowed: {patterns}")
+
+    def approval_types(self, principal: Principal) -> tuple[Profile, tuple[str, ...]] | None:
+        profile = self.profile_of(principal)
+        if profile is None or not profile.approvals.task_types:
+            return None
+        return profile, profile.approvals.task_types
