@@ -9,7 +9,8 @@ import sys
 
 import pytest
 
-from tests.helpers import call
+from server.domain.principal import Principal, Role
+from tests.helpers import call, call_error
 
 pytestmark = pytest.mark.anyio
 
@@ -55,3 +56,93 @@ def test_status_on_an_unmigrated_store_says_what_to_do(tmp_path):
     env = {"AGENTFLEET_DATA_DIR": str(tmp_path / "d")}
     shown = run_cli("status", env=env)
     assert shown.returncode == 1 and "agentfleet db upgrade" in shown.stderr
+
+
+# --- agentfleet token … (issue 9) -----------------------------------------------------------------
+
+
+def store_env(tmp_path, database_url):
+    return {"AGENTFLEET_DATA_DIR": str(tmp_path / "d"), "AGENTFLEET_DATABASE_URL": database_url}
+
+
+def created_secret(result: subprocess.CompletedProcess[str]) -> str:
+    """`token create` / `token rotate` print the secret, and only it, on stdout."""
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("afp_"), result.stdout
+    assert "shown once" in result.stderr and lines[0] not in result.stderr
+    return lines[0]
+
+
+async def test_token_commands_create_list_rotate_revoke_end_to_end(tmp_path, services, connect, database_url):
+    env = store_env(tmp_path, database_url)
+    secret = created_secret(run_cli("token", "create", "alice", "--role", "operator", env=env))
+    assert await services.auth.authenticate(secret) == Principal(Role.OPERATOR, "alice")
+    async with connect(secret) as alice:  # the printed secret is a working bearer token
+        await call(alice, "task_submit", type="build")
+
+    duplicate = run_cli("token", "create", "alice", "--role", "viewer", env=env)
+    assert duplicate.returncode == 2 and "conflict" in duplicate.stderr and not duplicate.stdout
+    timed = created_secret(run_cli("token", "create", "ci-bot", "--role", "viewer", "--expires-in-s", "3600", env=env))
+    assert timed != secret
+
+    listed = run_cli("token", "list", env=env)
+    assert listed.returncode == 0, listed.stderr
+    lines = listed.stdout.splitlines()
+    assert len(lines) == 2
+    assert lines[0].split()[1:4] == ["alice", "operator", "active"] and "by admin" in lines[0]
+    assert lines[1].split()[1:4] == ["ci-bot", "viewer", "active"]
+    as_json = run_cli("token", "list", "--json", env=env)
+    assert as_json.returncode == 0, as_json.stderr
+    shown = json.loads(as_json.stdout)
+    assert [(t["name"], t["role"], t["active"]) for t in shown] == [
+        ("alice", "operator", True),
+        ("ci-bot", "viewer", True),
+    ]
+    assert shown[0]["expires_at"] is None and shown[1]["expires_at"] is not None
+    for output in (listed, as_json):
+        assert secret not in output.stdout + output.stderr and timed not in output.stdout + output.stderr
+
+    # Rotate by name: a new secret, the old one stops working; then revoke by id.
+    rotated = created_secret(run_cli("token", "rotate", "alice", env=env))
+    assert rotated != secret
+    assert await services.auth.authenticate(secret) is None
+    assert await services.auth.authenticate(rotated) == Principal(Role.OPERATOR, "alice")
+    flags = ("--data-dir", str(tmp_path / "d"), "--database-url", database_url)  # flags instead of env
+    revoked = run_cli("token", "revoke", shown[0]["id"], *flags, env={})
+    assert revoked.returncode == 0, revoked.stderr
+    assert revoked.stdout.startswith(f"revoked alice ({shown[0]['id']}, operator) at ")
+    assert await services.auth.authenticate(rotated) is None
+    async with connect(rotated) as alice:
+        assert (await call_error(alice, "fleet_status")).code == "permission_denied"
+    after = json.loads(run_cli("token", "list", "--json", env=env).stdout)
+    assert [(t["name"], t["active"], t["revoked_at"] is not None) for t in after] == [
+        ("alice", False, True),
+        ("ci-bot", True, False),
+    ]
+    assert "revoked" in run_cli("token", "list", env=env).stdout.splitlines()[0]
+    assert await services.auth.authenticate(timed) == Principal(Role.VIEWER, "ci-bot")  # untouched
+
+    async with connect() as admin:  # the CLI acts as the admin, and says so in the audit trail
+        trail = (await call(admin, "audit_query", actor="admin"))["entries"]
+    assert [e["action"] for e in trail] == ["token.revoke", "token.rotate", "token.create", "token.create"]
+
+
+async def test_token_commands_refuse_bad_requests(tmp_path, services, database_url):
+    env = store_env(tmp_path, database_url)
+    for args in (("revoke", "nobody"), ("rotate", "nobody")):
+        missing = run_cli("token", *args, env=env)
+        assert missing.returncode == 2 and "not_found" in missing.stderr and not missing.stdout
+    bad_name = run_cli("token", "create", "Not A Name", "--role", "viewer", env=env)
+    assert bad_name.returncode == 2 and "invalid_input" in bad_name.stderr and not bad_name.stdout
+    bad_role = run_cli("token", "create", "dave", "--role", "agent", env=env)
+    assert bad_role.returncode == 2 and "invalid choice" in bad_role.stderr  # argparse: usage error
+    empty = run_cli("token", "list", env=env)
+    assert empty.returncode == 0 and "no tokens" in empty.stdout
+    assert json.loads(run_cli("token", "list", "--json", env=env).stdout) == []
+
+
+def test_token_commands_on_an_unmigrated_store_say_what_to_do(tmp_path):
+    env = {"AGENTFLEET_DATA_DIR": str(tmp_path / "d")}
+    shown = run_cli("token", "create", "alice", "--role", "operator", env=env)
+    assert shown.returncode == 1 and "agentfleet db upgrade" in shown.stderr and not shown.stdout

@@ -164,3 +164,31 @@ async def test_a2a_needs_a_valid_bearer_token(shared_fleet: FleetServer) -> None
         assert (await anonymous.post("/a2a", json=body, headers={"A2A-Version": "1.0"})).status_code == 401
     async with shared_fleet.http("afa_wrong") as stranger:
         assert (await stranger.post("/a2a", json=body, headers={"A2A-Version": "1.0"})).status_code == 401
+
+
+async def test_a_task_waiting_for_approval_is_input_required_until_decided(
+    shared_fleet: FleetServer, a2a: OpenA2A
+) -> None:
+    async with a2a() as client:
+        task = await send(client, new_data_part({**REVIEW_SPEC, "requires_approval": True}))
+        assert task.status.state == TaskState.TASK_STATE_INPUT_REQUIRED
+        async with shared_fleet.mcp() as admin:
+            waiting = await call(admin, "task_get", task_id=task.id)
+            assert waiting["status"] == "pending_approval"
+            await call(admin, "approval_decide", approval_id=waiting["approval"]["id"], decision="approve")
+        assert (await get_task(client, task.id)).status.state == TaskState.TASK_STATE_SUBMITTED
+
+
+async def test_a2a_calls_pass_the_same_role_check_as_mcp_and_refusals_are_audited(
+    shared_fleet: FleetServer, a2a: OpenA2A
+) -> None:
+    async with shared_fleet.mcp() as admin:
+        viewer = await call(admin, "token_create", name="a2a-viewer", role="viewer")
+    async with a2a(viewer["token"]) as as_viewer:
+        with pytest.raises(Exception, match="permission_denied: task_submit is for"):
+            await send(as_viewer, "deploy everything")
+    async with shared_fleet.mcp() as admin:
+        refusals = (await call(admin, "audit_query", actor="a2a-viewer", action="request.refused"))["entries"]
+        tasks = (await call(admin, "task_list", type="text"))["tasks"]
+    assert [r["detail"]["code"] for r in refusals] == ["permission_denied"]
+    assert all(t["submitted_by"] != "a2a-viewer" for t in tasks)
