@@ -192,7 +192,8 @@ def run_store(args: argparse.Namespace, database_url: str | None, store: str) ->
     tmp = Path(tempfile.mkdtemp(prefix="agentfleet-bench-workers-"))
     spy: subprocess.Popen[bytes] | None = None
     try:
-        with serve_child(admin, database_url, note=note) as server, reaped(children):
+        server_env = dict(item.split("=", 1) for item in args.server_env)
+        with serve_child(admin, database_url, server_env, note=note) as server, reaped(children):
             url = server.base_url
             agents = anyio.run(spawn_agents, url, admin, args.workers, "worker")
             note(f"{store}: spawned {len(agents)} agents of profile worker")
@@ -327,6 +328,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--submit-concurrency", type=int, default=8, help="concurrent task_submit calls (default 8)")
     parser.add_argument("--pg-url", help="also run on a scratch database on this PostgreSQL server")
     parser.add_argument("--no-sqlite", action="store_true", help="skip the SQLite run")
+    parser.add_argument(
+        "--server-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra environment for the server, e.g. AGENTFLEET_RATE_LIMIT_PER_S=0 (repeatable)",
+    )
     parser.add_argument("--py-spy", metavar="DIR", help="record the server with py-spy into DIR")
     parser.add_argument("--py-spy-gil", action="store_true", help="with --py-spy: sample only the GIL holder")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
