@@ -15,7 +15,6 @@ from server.domain.money import to_micros, usd
 from server.domain.principal import Principal
 from server.domain.task_spec import TaskSpec
 from server.domain.views import ApprovalView
-from server.ids import APPROVAL, new_id
 from server.services.access import AccessPolicy
 from server.services.budget_rows import applicable, spender_of
 from server.store.tables import approvals
@@ -70,10 +69,17 @@ def approval_reasons(conn: Connection, access: AccessPolicy, principal: Principa
 
 
 def open_approval(
-    conn: Connection, task_id: str, principal: Principal, reasons: list[str], terms: ApprovalTerms, now: int
+    conn: Connection,
+    approval_id: str,
+    task_id: str,
+    principal: Principal,
+    reasons: list[str],
+    terms: ApprovalTerms,
+    now: int,
 ) -> Row[Any]:
+    """The approval a task just inserted with `approval_id` waits for."""
     values = dict(
-        id=new_id(APPROVAL),
+        id=approval_id,
         task_id=task_id,
         status=ApprovalStatus.PENDING.value,
         reasons=reasons,

@@ -20,7 +20,7 @@ from server.domain.statuses import LIVE_AGENT_STATUSES, TaskStatus, task_sources
 from server.domain.task_spec import TaskSpec, payload_size
 from server.domain.views import TaskView
 from server.errors import Conflict, InvalidInput, NotFound, PermissionDenied
-from server.ids import TASK, new_id
+from server.ids import APPROVAL, TASK, new_id
 from server.services import audit
 from server.services.access import AccessPolicy
 from server.services.approval_rows import (
@@ -120,6 +120,7 @@ class TaskService:
         unroutable = not self._routable(conn, spec)
         ready_at = max(now, int(spec.not_before.timestamp() * MICROS)) if spec.not_before else now
         needs_approval = approval_reasons(conn, self._access, principal, spec)
+        approval_id = new_id(APPROVAL) if needs_approval else None
         values = dict(
             id=task_id,
             type=spec.type,
@@ -147,6 +148,7 @@ class TaskService:
             estimated_cost_micros=None
             if spec.estimated_cost_usd is None
             else to_micros(spec.estimated_cost_usd, "estimated_cost_usd"),
+            approval_id=approval_id,
         )
         if spec.idempotency_key is None:
             row = conn.execute(_INSERT_TASK, values).one()
@@ -161,12 +163,9 @@ class TaskService:
                     raise
                 return self._replay(conn, existing, digest, spec.idempotency_key)
         approval = None
-        if needs_approval:
+        if approval_id is not None:
             terms = terms_for(self._access, principal, self._approval_terms)
-            opened = open_approval(conn, task_id, principal, needs_approval, terms, now)
-            row = conn.execute(
-                update(tasks).where(tasks.c.id == task_id).values(approval_id=opened.id).returning(*tasks.c)
-            ).one()
+            opened = open_approval(conn, approval_id, task_id, principal, needs_approval, terms, now)
             approval = approval_view(opened, row)
         else:
             announce_ready(conn, self._signals, list(spec.capabilities), spec.pinned_agent_id, ready_at)
