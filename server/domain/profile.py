@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from enum import StrEnum
+from fnmatch import fnmatchcase
 from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from server.domain.approval import Decision
 from server.domain.budget import POOL_NAME
+from server.domain.permissions import TOOL_ROLES
 from server.domain.resources import parse_name
 from server.errors import InvalidInput
 
@@ -49,6 +51,15 @@ class ProfilePermissions(BaseModel):
     lock_resources: tuple[Pattern, ...] | None = Field(
         None, max_length=64, description="resource names it may lock; a trailing /** allows a subtree"
     )
+
+    @field_validator("tools")
+    @classmethod
+    def _known_tools(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        """A misspelt pattern would quietly forbid a tool; say so when the profile loads."""
+        for pattern in value or ():
+            if not any(fnmatchcase(tool, pattern) for tool in TOOL_ROLES):
+                raise ValueError(f"tools pattern {pattern!r} matches no tool")
+        return value
 
     @field_validator("lock_resources")
     @classmethod

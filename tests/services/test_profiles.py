@@ -43,6 +43,27 @@ def test_unknown_fields_and_bad_yaml_are_refused(tmp_path):
         ProfileRegistry.load([tmp_path / "c"])
 
 
+@pytest.mark.parametrize(
+    ("block", "complaint"),
+    [
+        ("permissions: {tools: [task_clam]}", "'task_clam' matches no tool"),
+        ("permissions: {lock_resources: ['repo:/src/*']}", "permissions.lock_resources"),
+        ("permissions: {task_types: []}", None),  # an empty list is allowed: it forbids every type
+        ("approvals: {task_types: [deploy], on_expiry: maybe}", "approvals.on_expiry"),
+        ("approvals: {timeout_s: 5}", "approvals.timeout_s"),
+        ("limits: {rate_per_s: 0}", "limits.rate_per_s"),
+    ],
+)
+def test_governance_blocks_are_checked_when_the_profile_loads(tmp_path, block, complaint):
+    write(tmp_path, "gov.yaml", f"name: gov\nversion: 1.0.0\ndescription: x\n{block}\n")
+    if complaint is None:
+        assert ProfileRegistry.load([tmp_path]).resolve("gov").permissions.task_types == ()
+        return
+    with pytest.raises(InvalidInput) as err:
+        ProfileRegistry.load([tmp_path])
+    assert complaint in err.value.message
+
+
 def test_versions_resolve_newest_or_exact(tmp_path):
     write(tmp_path, "a1.yaml", "name: coder\nversion: 1.2.0\ndescription: old\n")
     write(tmp_path, "a2.yaml", "name: coder\nversion: 1.10.0\ndescription: new\n")
