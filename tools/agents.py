@@ -96,8 +96,9 @@ def register(mcp: MCPServer) -> None:
 
     @mcp.tool(annotations=WRITES)
     async def agent_heartbeat(ctx: FleetContext) -> AgentView:
-        """Tell the orchestrator the calling agent is alive. Call it with the agent's own token at
-        least once per heartbeat timeout of its profile; the first call moves the agent from
-        `starting` to `active`."""
+        """Tell the orchestrator the calling agent is alive. Any call with the agent's token counts,
+        so an agent that is busy calling other tools need not; an idle one calls this at least once
+        per heartbeat timeout of its profile, or it becomes unresponsive and loses its leases,
+        locks and holds. Returns the agent (starting or unresponsive -> active)."""
         principal = await caller(ctx)
         return await services_of(ctx).agents.heartbeat(principal)

@@ -1,6 +1,7 @@
-"""Ends lapsed task and lock leases (and lock waits whose caller is gone), expired budget holds and
-undecided approvals past their time. Every replica runs it; conditional updates (and SKIP LOCKED
-or the lock table's advisory lock on PostgreSQL) make concurrent reapers harmless."""
+"""Ends lapsed task and lock leases (and lock waits whose caller is gone), expired budget holds,
+agents silent past their heartbeat timeout and undecided approvals past their time. Every replica
+runs it; conditional updates (and SKIP LOCKED or the lock table's advisory lock on PostgreSQL)
+make concurrent reapers harmless."""
 
 from __future__ import annotations
 
@@ -27,6 +28,9 @@ async def run_reaper(services: Services) -> None:
             ended = await services.budgets.sweep()
             if ended:
                 log.info("expired %d budget hold(s)", ended)
+            ended = await services.agents.sweep_silent()
+            if ended:
+                log.warning("%d agent(s) silent past their heartbeat timeout are now unresponsive", ended)
             ended = await services.approvals.sweep()
             if ended:
                 log.warning("%d approval(s) expired undecided; their default decision applied", ended)

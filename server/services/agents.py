@@ -6,12 +6,12 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Connection, Row, func, select, update
+from sqlalchemy import BigInteger, Connection, Row, bindparam, func, select, update
 
-from server.clock import Clock, to_iso
+from server.clock import MICROS, Clock, to_iso
 from server.domain.budget import POOL_NAME
 from server.domain.capabilities import validate_capabilities
-from server.domain.principal import Principal
+from server.domain.principal import REAPER, Principal
 from server.domain.statuses import LIVE_AGENT_STATUSES, AgentStatus, agent_sources
 from server.domain.views import AgentView, SpawnedAgent
 from server.errors import Conflict, InvalidInput, NotFound, PermissionDenied
@@ -29,6 +29,14 @@ from server.store.tables import agents
 NAME = re.compile(r"^[\w .:@/-]{1,200}$")
 POOL = re.compile(POOL_NAME)
 _LIVE = [s.value for s in LIVE_AGENT_STATUSES]
+# Heard from (or spawned, if never heard from) longer ago than its heartbeat timeout.
+_QUIET = [
+    agents.c.status.in_([s.value for s in agent_sources(AgentStatus.UNRESPONSIVE)]),
+    func.coalesce(agents.c.last_heartbeat_at, agents.c.created_at) + agents.c.heartbeat_timeout_s * MICROS
+    < bindparam("now", type_=BigInteger),
+]
+_SILENT = select(agents.c.id).where(*_QUIET)
+_GO_SILENT = update(agents).where(*_QUIET).values(status=AgentStatus.UNRESPONSIVE.value).returning(agents.c.id)
 
 
 def agent_view(row: Row[Any], children: list[str] | None = None) -> AgentView:
@@ -127,6 +135,7 @@ class AgentService:
             token,
             chosen.max_concurrency,
             sorted({*chosen.pools, *pools}),
+            chosen.limits.heartbeat_timeout_s,
         )
         return SpawnedAgent(agent=agent_view(row), token=token)
 
@@ -144,6 +153,7 @@ class AgentService:
         token: str,
         max_concurrency: int,
         pools: list[str],
+        heartbeat_timeout_s: int,
     ) -> Row[Any]:
         now = self._clock.now_us()
         depth = 0
@@ -168,6 +178,7 @@ class AgentService:
                 labels=labels,
                 max_concurrency=max_concurrency,
                 pools=pools,
+                heartbeat_timeout_s=heartbeat_timeout_s,
             )
         )
         audit.record(
@@ -289,6 +300,33 @@ class AgentService:
         for ended_id in ended:
             audit.record(conn, now, principal, "agent.terminate", ended_id, {"cascade_from": agent_id})
         return [agent_id, *sorted(set(ended) - {agent_id})], released
+
+    # -- supervision ---------------------------------------------------------------------------
+    async def sweep_silent(self) -> int:
+        """Agents silent past their heartbeat timeout become unresponsive; what they held (task
+        leases, locks, budget holds) is released so the work can go on elsewhere. Any later call
+        with their token makes them active again. Safe on every replica: conditional updates."""
+        if not await self._db.read(self._anything_silent_tx, self._clock.now_us()):
+            return 0  # the usual case: a read, not a turn at the write lock every reaper round
+        silent, released = await self._db.write(self._sweep_silent_tx)
+        self._leases.announce_requeued(released)
+        return len(silent)
+
+    @staticmethod
+    def _anything_silent_tx(conn: Connection, now: int) -> bool:
+        return conn.execute(_SILENT.limit(1), {"now": now}).first() is not None
+
+    def _sweep_silent_tx(self, conn: Connection) -> tuple[list[str], list[Any]]:
+        now = self._clock.now_us()
+        silent = list(conn.execute(_GO_SILENT, {"now": now}).scalars())
+        if not silent:
+            return [], []
+        released = self._leases.release_held_by(conn, silent, now)
+        self._locks.release_for_agents(conn, silent, now, REAPER.id)
+        release_holds_of(conn, silent, now)
+        for agent_id in silent:
+            audit.record(conn, now, REAPER, "agent.unresponsive", agent_id, {})
+        return silent, released
 
     async def heartbeat(self, principal: Principal) -> AgentView:
         if principal.agent_id is None:

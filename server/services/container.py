@@ -106,7 +106,7 @@ def build_services(
         a2a_records=A2ARecordService(db, clock),
         audit=audit,
         access=access,
-        gate=Gate(access, RateLimiter(db, clock, settings, access), audit),
+        gate=Gate(db, clock, access, RateLimiter(db.dialect, settings, access), audit),
         tokens=TokenService(db, clock),
         approvals=ApprovalService(db, clock, signals),
     )

@@ -9,12 +9,11 @@ from dataclasses import dataclass
 from sqlalchemy import Connection, Float, bindparam, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 
-from server.clock import MICROS, Clock
+from server.clock import MICROS
 from server.domain.principal import Principal, Role
 from server.errors import RateLimited
 from server.services.access import AccessPolicy
 from server.settings import Settings
-from server.store.database import Database
 from server.store.tables import rate_buckets
 
 _EXEMPT = frozenset({Role.ADMIN, Role.SYSTEM})  # a limit must never lock out the one who fixes things
@@ -43,12 +42,10 @@ def _take_statement(dialect: str):  # type: ignore[no-untyped-def]
 
 
 class RateLimiter:
-    def __init__(self, db: Database, clock: Clock, settings: Settings, access: AccessPolicy) -> None:
-        self._db = db
-        self._clock = clock
+    def __init__(self, dialect: str, settings: Settings, access: AccessPolicy) -> None:
         self._default = Rate(settings.rate_limit_per_s, settings.rate_limit_burst)
         self._access = access
-        self._take = _take_statement(db.dialect)
+        self._take = _take_statement(dialect)
         self._peek = select(rate_buckets.c.tokens, rate_buckets.c.updated_at).where(
             rate_buckets.c.principal == bindparam("who")
         )
@@ -62,14 +59,9 @@ class RateLimiter:
         burst = limits.rate_burst if limits is not None and limits.rate_burst is not None else self._default.burst
         return None if per_s <= 0 else Rate(per_s, burst)
 
-    async def take(self, principal: Principal) -> None:
-        """Spend one call from the principal's bucket, or rate_limited saying when to come back."""
-        rate = self.rate_for(principal)
-        if rate is not None:
-            await self._db.write(self._take_tx, principal.id, rate)
-
-    def _take_tx(self, conn: Connection, who: str, rate: Rate) -> None:
-        now = self._clock.now_us()
+    def take(self, conn: Connection, who: str, rate: Rate, now: int) -> None:
+        """Spend one call from `who`'s bucket inside the caller's transaction, or rate_limited
+        saying when to come back."""
         params = {"who": who, "now": now, "burst": float(rate.burst), "per_us": rate.per_s / MICROS}
         if conn.execute(self._take, {**params, "fresh": float(rate.burst - 1)}).first() is not None:
             return

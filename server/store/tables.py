@@ -65,6 +65,7 @@ agents = Table(
     Column("labels", JSON, nullable=False),
     # Snapshot of the profile's limit at spawn: editing a profile file never changes running agents.
     Column("max_concurrency", Integer, nullable=False),
+    Column("heartbeat_timeout_s", Integer, nullable=False, server_default=text("60")),
     # Budget pools the agent joined (from its profile and its spawn call): scopes `pool:<name>`.
     Column("pools", JSON, nullable=False, server_default=text("'[]'")),
     CheckConstraint(_one_of("status", [s.value for s in AgentStatus]), name="status"),
