@@ -160,7 +160,8 @@ def register(mcp: MCPServer) -> None:
         """Take the next task this agent can run (agent token only): the highest-priority queued task
         whose capabilities the agent has, FIFO within a priority, leased to the agent until
         lease_expires_at. Renew the lease with task_heartbeat and finish with task_complete or
-        task_fail. With wait_s > 0 the call waits for work and returns as soon as some is queued.
+        task_fail. With wait_s > 0 the call waits for work and returns as soon as some is queued, or
+        after wait_s — at most half the agent's heartbeat timeout, so calling again keeps it alive.
         Returns task=null with reason 'none_available', or 'at_capacity' when the agent already
         holds its profile's max_concurrency leases. Fails with budget_exceeded (the task stays queued)
         when a hard budget over the agent is at its block threshold or cannot cover the task's

@@ -85,6 +85,7 @@ _END_ATTEMPT = (
 class _ClaimOutcome:
     task: TaskView | None
     capabilities: frozenset[str]
+    heartbeat_timeout_s: int
     at_capacity: bool = False
 
 
@@ -170,12 +171,16 @@ class LeaseService:
         agent_id = _require_agent(principal)
         if wait_s <= 0:
             return self._result(await self._db.write(self._claim_tx, principal))
-        deadline = time.monotonic() + wait_s
+        started = time.monotonic()
+        deadline = started + wait_s
         # Parked before the first attempt, so work queued during it still wakes us.
         with self._signals.park(agent_id, capabilities=None) as waiter:
             while True:
                 outcome = await self._db.write(self._claim_tx, principal)
                 waiter.capabilities = outcome.capabilities
+                # A parked claim is silence to the supervisor: answer within half the agent's
+                # heartbeat timeout, so its next call keeps it from being declared unresponsive.
+                deadline = min(deadline, started + outcome.heartbeat_timeout_s / 2)
                 if outcome.task is not None or outcome.at_capacity or not await self._wait_for_work(waiter, deadline):
                     return self._result(outcome)
 
@@ -211,20 +216,20 @@ class LeaseService:
             raise PermissionDenied(f"agent {agent_id} is terminated or stopping; it cannot claim work")
         capabilities = frozenset(agent.capabilities)
         if conn.execute(self._held, {"me": agent_id}).scalar_one() >= agent.max_concurrency:
-            return _ClaimOutcome(None, capabilities, at_capacity=True)
+            return _ClaimOutcome(None, capabilities, agent.heartbeat_timeout_s, at_capacity=True)
         params = {"now": now, "me": agent_id, "caps": json.dumps(sorted(capabilities)), "locked": False}
         held: list[LockItemView] | None = None
         row = conn.execute(self._take_head, params).first()
         if row is None:
             row, held = self._take_with_resources(conn, params)
         if row is None:
-            return _ClaimOutcome(None, capabilities)
+            return _ClaimOutcome(None, capabilities, agent.heartbeat_timeout_s)
         hold_for_dispatch(conn, agent, row.id, row.estimated_cost_micros, now)
         conn.execute(
             _START_ATTEMPT, {"task_id": row.id, "number": row.attempts, "agent_id": agent_id, "started_at": now}
         )
         audit.record(conn, now, principal, "task.claim", row.id, {"attempt": row.attempts})
-        return _ClaimOutcome(task_view(row, locks=held), capabilities)
+        return _ClaimOutcome(task_view(row, locks=held), capabilities, agent.heartbeat_timeout_s)
 
     def _take_with_resources(
         self, conn: Connection, params: dict[str, Any]

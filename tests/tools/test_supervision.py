@@ -5,6 +5,8 @@ reaper's sweep (`services.agents.sweep_silent`, which every replica's reaper run
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from tests.helpers import call, call_error
@@ -121,3 +123,16 @@ async def test_a_terminated_agent_is_not_swept(fake_connect, fake_time_services,
     assert await fake_time_services.agents.sweep_silent() == 0
     async with fake_connect() as admin:
         assert await status_of(admin, agent_id) == "terminated"
+
+
+async def test_a_long_poll_answers_within_half_the_heartbeat_timeout(connect):
+    """A parked claim is silence to the supervisor: it must come back (empty) in time for the
+    agent's next call to count as its heartbeat, whatever wait_s it asked for."""
+    async with connect() as admin:
+        _, token = await spawn(admin, profile="quick-heartbeat")  # heartbeat_timeout_s: 5
+    async with connect(token) as agent:
+        started = time.monotonic()
+        answer = await call(agent, "task_claim", wait_s=60)
+        waited = time.monotonic() - started
+    assert answer["task"] is None and answer["reason"] == "none_available"
+    assert waited < 30, f"a 60 s long-poll by an agent with a 5 s heartbeat timeout took {waited:.1f} s"
