@@ -11,8 +11,9 @@ on uvloop, each timed with perf_counter_ns:
 - `admit_admin`: `gate.admit(ADMIN, "task_submit")` — the role check only (the admin is exempt
   from rate limits): the floor.
 - `admit_agent`: `gate.admit(agent, "task_claim")` — the role check, the agent's profile, and
-  one write transaction taking a token from its bucket (a conditional upsert). The bucket is
-  sized so no call is refused.
+  one write transaction taking a token from its bucket (a conditional upsert) and recording that
+  the agent was heard from (an update that matches at most once a second). The bucket is sized
+  so no call is refused.
 - `heartbeat`: `agents.heartbeat(agent)` — a one-row write transaction, for scale: what any
   small write costs on this store.
 
