@@ -6,7 +6,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import BigInteger, Connection, Row, bindparam, func, select, update
+from sqlalchemy import BigInteger, Connection, Row, bindparam, cast, func, select, update
 
 from server.clock import MICROS, Clock, to_iso
 from server.domain.budget import POOL_NAME
@@ -32,7 +32,9 @@ _LIVE = [s.value for s in LIVE_AGENT_STATUSES]
 # Heard from (or spawned, if never heard from) longer ago than its heartbeat timeout.
 _QUIET = [
     agents.c.status.in_([s.value for s in agent_sources(AgentStatus.UNRESPONSIVE)]),
-    func.coalesce(agents.c.last_heartbeat_at, agents.c.created_at) + agents.c.heartbeat_timeout_s * MICROS
+    # BIGINT before multiplying: a timeout above ~35 minutes in microseconds overflows PostgreSQL's int4.
+    func.coalesce(agents.c.last_heartbeat_at, agents.c.created_at)
+    + cast(agents.c.heartbeat_timeout_s, BigInteger) * MICROS
     < bindparam("now", type_=BigInteger),
 ]
 _SILENT = select(agents.c.id).where(*_QUIET)

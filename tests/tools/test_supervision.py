@@ -136,3 +136,15 @@ async def test_a_long_poll_answers_within_half_the_heartbeat_timeout(connect):
         waited = time.monotonic() - started
     assert answer["task"] is None and answer["reason"] == "none_available"
     assert waited < 30, f"a 60 s long-poll by an agent with a 5 s heartbeat timeout took {waited:.1f} s"
+
+
+async def test_a_day_long_heartbeat_timeout_is_honoured(fake_connect, fake_time_services, clock):
+    """A day in microseconds does not fit a 32-bit integer: the sweep must do its arithmetic in BIGINT."""
+    async with fake_connect() as admin:
+        agent_id, _ = await spawn(admin, profile="patient")
+    clock.advance(86_400 - 1)
+    assert await fake_time_services.agents.sweep_silent() == 0
+    clock.advance(2)
+    assert await fake_time_services.agents.sweep_silent() == 1
+    async with fake_connect() as admin:
+        assert await status_of(admin, agent_id) == "unresponsive"
