@@ -45,7 +45,7 @@ async def test_status_shows_what_the_server_stored(tmp_path, services, connect, 
     env = {"AGENTFLEET_DATA_DIR": str(tmp_path / "d"), "AGENTFLEET_DATABASE_URL": database_url}
     shown = run_cli("status", env=env)
     assert shown.returncode == 0, shown.stderr
-    assert "starting 1" in shown.stdout
+    assert "active 1" in shown.stdout  # its budget_reserve counted as a heartbeat
     assert "total: 1 agents, 1 tasks" in shown.stdout
     queued = next(line for line in shown.stdout.splitlines() if line.startswith("queued"))
     assert queued.split()[1:] == ["0", "1", "0", "0"]

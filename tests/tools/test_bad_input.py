@@ -165,18 +165,24 @@ async def test_the_walk_covers_every_tool(connect):
 @pytest.mark.parametrize(
     ("tool", "arguments", "code"), BAD_CALLS, ids=[f"{t}-{i}" for i, (t, _, _) in enumerate(BAD_CALLS)]
 )
-async def test_bad_input_is_refused_with_its_code_and_changes_nothing(connect, services, tool, arguments, code):
-    async with connect() as admin:
+async def test_bad_input_is_refused_with_its_code_and_changes_nothing(
+    fake_connect, fake_time_services, tool, arguments, code
+):
+    # The clock stands still: any call by an agent is its heartbeat, and one already recorded at
+    # this instant is not written again, so the refused call below has nothing to change.
+    async with fake_connect() as admin:
         spawned = await call(admin, "agent_spawn", profile="default")  # some state that must survive untouched
         await call(admin, "task_submit", type="seed")
-        before = snapshot(services)
+    async with fake_connect(spawned["token"]) as agent:
+        await call(agent, "agent_heartbeat")
+    before = snapshot(fake_time_services)
     # Each tool is called by a principal allowed to call it, so what is refused is the input.
     token = spawned["token"] if roles_for(tool) == AGENT_ONLY else None
-    async with connect(token) as caller:
+    async with fake_connect(token) as caller:
         failure = await call_error(caller, tool, **arguments)
     assert failure.code == code, failure.text
     assert "Traceback" not in failure.text and len(failure.text.split(":", 1)[1].strip()) > 10
-    assert snapshot(services) == before
+    assert snapshot(fake_time_services) == before
 
 
 async def test_a_revoked_agent_token_is_refused_and_changes_nothing(connect, services):

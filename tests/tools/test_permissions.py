@@ -39,6 +39,18 @@ def sh(name: str) -> dict[str, str]:
     return {"name": name, "mode": "shared"}
 
 
+@pytest.fixture
+def services(fake_time_services):
+    """The clock stands still in this module: an agent's call is its heartbeat, written at most once
+    per instant, so after an agent's first call a refused call has nothing to change."""
+    return fake_time_services
+
+
+@pytest.fixture
+def connect(fake_connect):
+    return fake_connect
+
+
 def snapshot(services) -> dict[str, list[tuple[str, ...]]]:
     """Every row of every state table: the proof that a refused call changed nothing."""
     with services.db.engine.connect() as conn:
@@ -406,6 +418,7 @@ async def test_an_agent_cannot_touch_another_agents_task_lock_or_hold(connect, s
         ("usage_record", {"model": "claude-sonnet-4-5", "input_tokens": 1, "output_tokens": 1, "hold_id": hold}, hold),
     ]
     async with connect(a["token"]) as agent:
+        await call(agent, "agent_heartbeat")  # its first call makes it active: a change, but not a refused one
         for tool, arguments, subject in attempts:
             failure, row = await refused_quietly(services, agent, tool, **arguments)
             assert f"{tool} is for" not in failure.text  # the role may call it: the row said no
