@@ -6,6 +6,7 @@ make concurrent reapers harmless."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 
 import anyio
 
@@ -15,25 +16,26 @@ from server.services.container import Services
 log = logging.getLogger("agentfleet.reaper")
 
 
+def _rounds(services: Services) -> list[tuple[Callable[[], Awaitable[int]], int, str]]:
+    """Each sweep, the level to log what it ended at, and how to say it."""
+    return [
+        (services.leases.reap_once, logging.INFO, "ended %d lapsed task lease(s)"),
+        (services.locks.sweep, logging.INFO, "ended %d lapsed lock lease(s) or wait(s)"),
+        (services.budgets.sweep, logging.INFO, "expired %d budget hold(s)"),
+        (services.agents.sweep_silent, logging.WARNING, "%d silent agent(s) are now unresponsive"),
+        (services.approvals.sweep, logging.WARNING, "%d approval(s) expired undecided; the default applied"),
+    ]
+
+
 async def run_reaper(services: Services) -> None:
     interval = services.settings.reaper_interval_s
+    sweeps = _rounds(services)
     while True:
         try:
-            ended = await services.leases.reap_once()
-            if ended:
-                log.info("ended %d lapsed task lease(s)", ended)
-            ended = await services.locks.sweep()
-            if ended:
-                log.info("ended %d lapsed lock lease(s) or wait(s)", ended)
-            ended = await services.budgets.sweep()
-            if ended:
-                log.info("expired %d budget hold(s)", ended)
-            ended = await services.agents.sweep_silent()
-            if ended:
-                log.warning("%d agent(s) silent past their heartbeat timeout are now unresponsive", ended)
-            ended = await services.approvals.sweep()
-            if ended:
-                log.warning("%d approval(s) expired undecided; their default decision applied", ended)
+            for sweep, level, message in sweeps:
+                ended = await sweep()
+                if ended:
+                    log.log(level, message, ended)
         except FleetError as exc:  # the store is briefly unavailable: try again next round
             log.warning("reaper: %s", exc)
         await anyio.sleep(interval)

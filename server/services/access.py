@@ -16,7 +16,7 @@ from server.errors import InvalidInput, PermissionDenied
 from server.services.profiles import ProfileRegistry
 
 
-def _matches(value: str, patterns: Iterable[str]) -> bool:
+def matches(value: str, patterns: Iterable[str]) -> bool:
     return any(fnmatchcase(value, pattern) for pattern in patterns)
 
 
@@ -54,13 +54,16 @@ class AccessPolicy:
             raise PermissionDenied(f"{tool} is for {allowed}; you are {principal.role.value} {principal.id}")
         profile = self.profile_of(principal)
         tools = profile.permissions.tools if profile is not None else None
-        if tools is not None and not _matches(tool, tools):
+        if tools is not None and not matches(tool, tools):
             raise PermissionDenied(f"profile {profile.ref} does not allow {tool}")
 
     def check_task_type(self, principal: Principal, task_type: str) -> None:
         profile = self.profile_of(principal)
-        types = profile.permissions.task_types if profile is not None else None
-        if profile is not None and types is not None and not _matches(task_type, types):
+        if (
+            profile is not None
+            and (types := profile.permissions.task_types) is not None
+            and not matches(task_type, types)
+        ):
             allowed = ", ".join(types) or "none"
             raise PermissionDenied(
                 f"profile {profile.ref} may not submit tasks of type {task_type!r}; allowed: {allowed}"
@@ -75,9 +78,3 @@ class AccessPolicy:
             if not _allows_lock(allowed, name):
                 patterns = ", ".join(profile.permissions.lock_resources) or "none"
                 raise PermissionDenied(f"profile {profile.ref} may not lock {name}; allowed: {patterns}")
-
-    def approval_types(self, principal: Principal) -> tuple[Profile, tuple[str, ...]] | None:
-        profile = self.profile_of(principal)
-        if profile is None or not profile.approvals.task_types:
-            return None
-        return profile, profile.approvals.task_types

@@ -4,7 +4,6 @@ Shared by the task service (submit, get, cancel) and the approval service (decid
 from __future__ import annotations
 
 from dataclasses import dataclass
-from fnmatch import fnmatchcase
 from typing import Any
 
 from sqlalchemy import Connection, Row, select, update
@@ -15,7 +14,7 @@ from server.domain.money import to_micros, usd
 from server.domain.principal import Principal
 from server.domain.task_spec import TaskSpec
 from server.domain.views import ApprovalView
-from server.services.access import AccessPolicy
+from server.services.access import AccessPolicy, matches
 from server.services.budget_rows import applicable, spender_of
 from server.store.tables import approvals
 
@@ -54,9 +53,9 @@ def approval_reasons(conn: Connection, access: AccessPolicy, principal: Principa
     reasons = []
     if spec.requires_approval:
         reasons.append("the submitter asked for approval (requires_approval)")
-    policy = access.approval_types(principal)
-    if policy is not None and any(fnmatchcase(spec.type, pattern) for pattern in policy[1]):
-        reasons.append(f"profile {policy[0].ref} needs approval for {spec.type} tasks")
+    profile = access.profile_of(principal)
+    if profile is not None and matches(spec.type, profile.approvals.task_types):
+        reasons.append(f"profile {profile.ref} needs approval for {spec.type} tasks")
     if spec.estimated_cost_usd is not None:
         estimate = to_micros(spec.estimated_cost_usd, "estimated_cost_usd")
         for budget in applicable(conn, spender_of(conn, principal.agent_id)):

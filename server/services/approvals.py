@@ -26,6 +26,10 @@ from server.store.dialect import insert_ignoring_duplicates
 from server.store.tables import approvals, events, tasks
 
 _SWEEP_BATCH = 100
+# An approval with the task fields its view shows.
+_WITH_TASK = select(approvals, tasks.c.type, tasks.c.estimated_cost_micros).join(
+    tasks, tasks.c.id == approvals.c.task_id
+)
 _LOCK_TASK = select(tasks.c.id).where(tasks.c.id == bindparam("task_id")).with_for_update()
 _DUE = (
     select(approvals)
@@ -49,12 +53,7 @@ class ApprovalService:
 
     @staticmethod
     def _list_tx(conn: Connection, status: ApprovalStatus | None, limit: int, after_id: str | None) -> ApprovalPage:
-        query = (
-            select(approvals, tasks.c.type, tasks.c.estimated_cost_micros)
-            .join(tasks, tasks.c.id == approvals.c.task_id)
-            .order_by(approvals.c.id)
-            .limit(limit + 1)
-        )
+        query = _WITH_TASK.order_by(approvals.c.id).limit(limit + 1)
         if status is not None:
             query = query.where(approvals.c.status == status.value)
         if after_id is not None:
@@ -70,11 +69,7 @@ class ApprovalService:
 
     @staticmethod
     def _get_tx(conn: Connection, approval_id: str) -> ApprovalView:
-        row = conn.execute(
-            select(approvals, tasks.c.type, tasks.c.estimated_cost_micros)
-            .join(tasks, tasks.c.id == approvals.c.task_id)
-            .where(approvals.c.id == approval_id)
-        ).first()
+        row = conn.execute(_WITH_TASK.where(approvals.c.id == approval_id)).first()
         if row is None:
             raise NotFound(f"no approval {approval_id}; approval_list shows them")
         return approval_view(row, row)
