@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -47,10 +48,23 @@ class Settings:
     # How long an approval waits for a person, and the decision taken when nobody decides.
     approval_timeout_s: int = 86_400
     approval_on_expiry: str = "reject"
+    # Live agents the whole fleet may have at once (every replica counts against one limit).
+    max_agents: int = 1000
+    # Who runs this server's process agents: restarting with the same id re-adopts them.
+    # Unset: <hostname>:<port>.
+    replica_id: str | None = None
+    # Each process agent's stdout and stderr files are trimmed to their last this-many bytes.
+    agent_log_max_bytes: int = 1024 * 1024
+    # How often the supervisor checks its processes, restarts and scaling.
+    supervisor_interval_s: float = 0.5
 
     @property
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.data_dir / 'agentfleet.db'}"
+
+    @property
+    def resolved_replica_id(self) -> str:
+        return self.replica_id or f"{socket.gethostname()}:{self.port}"
 
     @property
     def base_url(self) -> str:
@@ -116,9 +130,17 @@ def load_settings(env: Mapping[str, str] | None = None, **flags: Any) -> Setting
         rate_limit_burst=_int(env, "RATE_LIMIT_BURST", 200),
         approval_timeout_s=_int(env, "APPROVAL_TIMEOUT_S", 86_400),
         approval_on_expiry=_choice(env, "APPROVAL_ON_EXPIRY", "reject", ("approve", "reject")),
+        max_agents=_int(env, "MAX_AGENTS", 1000),
+        replica_id=text("REPLICA_ID"),
+        agent_log_max_bytes=_int(env, "AGENT_LOG_BYTES", 1024 * 1024),
+        supervisor_interval_s=_float(env, "SUPERVISOR_INTERVAL_S", 0.5),
     )
     if from_env.rate_limit_burst < 1:
         raise InvalidInput(f"{ENV_PREFIX}RATE_LIMIT_BURST must be at least 1, got {from_env.rate_limit_burst}")
+    if from_env.max_agents < 1:
+        raise InvalidInput(f"{ENV_PREFIX}MAX_AGENTS must be at least 1, got {from_env.max_agents}")
+    if from_env.agent_log_max_bytes < 4096:
+        raise InvalidInput(f"{ENV_PREFIX}AGENT_LOG_BYTES must be at least 4096, got {from_env.agent_log_max_bytes}")
     if from_env.approval_timeout_s < 1:
         raise InvalidInput(f"{ENV_PREFIX}APPROVAL_TIMEOUT_S must be positive, got {from_env.approval_timeout_s}")
     if "data_dir" in flags and flags["data_dir"] is not None:

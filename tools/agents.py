@@ -1,4 +1,4 @@
-"""Agent tools: spawn, list, get, terminate, heartbeat."""
+"""Agent tools: spawn, list, get, terminate, restart, heartbeat."""
 
 from __future__ import annotations
 
@@ -46,16 +46,30 @@ def register(mcp: MCPServer) -> None:
             list[str],
             Field(max_length=16, description="budget pools to join besides the profile's (scopes pool:<name>)"),
         ] = [],  # noqa: B006
+        a2a_url: Annotated[
+            str | None,
+            Field(
+                pattern=r"^https?://",
+                max_length=2000,
+                description="runtime a2a: the remote A2A agent's base URL (overrides the profile's)",
+            ),
+        ] = None,
         reason: Reason = None,
     ) -> SpawnedAgent:
-        """Register a new agent from a profile and get its bearer token. The token is returned only
-        this once and is stored only as a hash: hand it to whatever runs the agent. With the
-        `external` runtime the caller runs the agent, which then calls back with the token
-        (agent_heartbeat, task tools). An agent that spawns another becomes its parent. A hard budget
-        over the new agent (its parent's, its profile's, its pools', global) at its block threshold
-        refuses the spawn with budget_exceeded."""
+        """Create an agent from a profile. The profile's runtime decides who runs it:
+        `external` — the caller runs it: the bearer token comes back this once (stored only as a
+        hash), and the agent calls back with it (task_claim, agent_heartbeat, …);
+        `process` — this server starts the profile's command and supervises it (restarts with
+        backoff, agent_get shows pid, restarts, last exit and log tails); no token is returned;
+        `a2a` — a remote A2A agent (a2a_url or the profile's): its card's skills become
+        capabilities and tasks routed to it are sent over A2A; no token is returned.
+        An agent that spawns another becomes its parent. Fails with conflict beyond
+        AGENTFLEET_MAX_AGENTS live agents or the parent profile's max_children / max_depth, and
+        with budget_exceeded when a hard budget over the new agent is at its block threshold."""
         principal = await caller(ctx, reason)
-        return await services_of(ctx).agents.spawn(principal, profile, name, capabilities, parent_id, labels, pools)
+        return await services_of(ctx).agents.spawn(
+            principal, profile, name, capabilities, parent_id, labels, pools, a2a_url
+        )
 
     @mcp.tool(annotations=READ_ONLY)
     async def agent_list(
@@ -87,12 +101,37 @@ def register(mcp: MCPServer) -> None:
                 "false refuses when live children exist"
             ),
         ] = True,
+        graceful: Annotated[
+            bool,
+            Field(
+                description="process agents: stop claiming, SIGTERM, let the current task finish for up to the "
+                "profile's stop_timeout_s, then SIGKILL (default true); false: SIGKILL at once"
+            ),
+        ] = True,
+        wait_s: Annotated[
+            float,
+            Field(ge=0, le=600, description="how long to wait for stopping process agents to end before returning"),
+        ] = 30,
         reason: Reason = None,
     ) -> TerminatedAgents:
-        """Terminate an agent: its token stops working at once and tasks it was running go back to
-        the queue. By default its descendants are terminated too."""
+        """Terminate an agent and, by default, its live descendants. An external agent ends at once:
+        its token stops working and tasks it was running go back to the queue. A process agent is
+        `stopping` while it drains (it claims nothing more), then terminated when its process
+        exits; the call waits up to wait_s for that and lists any still stopping."""
         principal = await caller(ctx, reason)
-        return TerminatedAgents(terminated=await services_of(ctx).agents.terminate(principal, agent_id, cascade))
+        agents = services_of(ctx).agents
+        ended, stopping = await agents.terminate(principal, agent_id, cascade, graceful)
+        still = await agents.wait_ended(stopping, wait_s) if stopping else []
+        done = [*ended, *[a for a in stopping if a not in still]]
+        return TerminatedAgents(terminated=done, stopping=still)
+
+    @mcp.tool(annotations=DESTRUCTIVE)
+    async def agent_restart(ctx: FleetContext, agent_id: AgentId, reason: Reason = None) -> AgentView:
+        """Restart a process agent in place: same id, parent and children; its process gets SIGTERM
+        (SIGKILL after the profile's stop_timeout_s), then a new process with a new token starts.
+        Resets the restart count, and revives an agent that failed after too many restarts."""
+        principal = await caller(ctx, reason)
+        return await services_of(ctx).agents.restart(principal, agent_id)
 
     @mcp.tool(annotations=WRITES)
     async def agent_heartbeat(ctx: FleetContext) -> AgentView:

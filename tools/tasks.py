@@ -86,6 +86,15 @@ def register(mcp: MCPServer) -> None:
                 "profiles and budgets can also require approval"
             ),
         ] = False,
+        timeout_s: Annotated[
+            int | None,
+            Field(
+                ge=1,
+                le=7 * 86_400,
+                description="wall-clock limit of one attempt in seconds, for whoever runs it "
+                "(agentfleet worker kills the command and fails the attempt, retryable)",
+            ),
+        ] = None,
         reason: Reason = None,
     ) -> TaskReceipt:
         """Queue a unit of work for the fleet. An agent whose capabilities include all of the task's
@@ -112,6 +121,7 @@ def register(mcp: MCPServer) -> None:
                 resources=tuple(resources),
                 estimated_cost_usd=estimated_cost_usd,
                 requires_approval=requires_approval,
+                timeout_s=timeout_s,
             )
         except ValidationError as exc:
             raise InvalidInput(f"task spec: {exc.errors()[0]['msg']}") from exc

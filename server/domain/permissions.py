@@ -22,6 +22,7 @@ TOOL_ROLES: dict[str, frozenset[Role]] = {
     "agent_get": EVERYONE,
     "agent_spawn": RUNS_WORK,
     "agent_terminate": RUNS_WORK,
+    "agent_restart": RUNS_WORK,
     "agent_heartbeat": AGENT_ONLY,
     "task_submit": RUNS_WORK,
     "task_get": EVERYONE,

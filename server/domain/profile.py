@@ -6,7 +6,7 @@ from enum import StrEnum
 from fnmatch import fnmatchcase
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from server.domain.approval import Decision
 from server.domain.budget import POOL_NAME
@@ -17,6 +17,86 @@ from server.errors import InvalidInput
 
 class Runtime(StrEnum):
     EXTERNAL = "external"  # the caller runs the agent; it connects with its token
+    PROCESS = "process"  # the server starts the profile's command and supervises it
+    A2A = "a2a"  # a remote A2A agent: the server hands it tasks over A2A
+
+
+# Passed through from the server's environment unless a profile lists its own: enough to find
+# programs and speak the locale, never a secret.
+DEFAULT_PASSTHROUGH = ("PATH", "LANG", "LC_ALL", "TZ")
+ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"
+# Set by the server for every process agent; a profile cannot override them.
+RESERVED_ENV = frozenset({"AGENTFLEET_URL", "AGENTFLEET_TOKEN", "AGENTFLEET_AGENT_ID"})
+
+
+class ProcessSpec(BaseModel):
+    """How the server runs a `process` agent."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    command: tuple[Annotated[str, Field(min_length=1, max_length=4000)], ...] = Field(
+        min_length=1,
+        max_length=256,
+        description="argument list, never a shell; a first word `agentfleet` or `python` runs this server's install",
+    )
+    env: dict[Annotated[str, Field(pattern=ENV_NAME)], Annotated[str, Field(max_length=4000)]] = Field(
+        default_factory=dict, description="variables set for the process"
+    )
+    env_passthrough: tuple[Annotated[str, Field(pattern=ENV_NAME)], ...] = Field(
+        default=DEFAULT_PASSTHROUGH, max_length=64, description="variables copied from the server's environment"
+    )
+    stop_timeout_s: float = Field(10.0, ge=0.1, le=3600, description="SIGTERM to SIGKILL on a graceful stop")
+
+    @field_validator("env")
+    @classmethod
+    def _not_reserved(cls, value: dict[str, str]) -> dict[str, str]:
+        taken = sorted(RESERVED_ENV & set(value))
+        if taken:
+            raise ValueError(f"env may not set {', '.join(taken)}: the server sets them")
+        return value
+
+
+class RestartPolicy(BaseModel):
+    """What happens when a process agent exits without being asked to."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_restarts: int = Field(5, ge=0, le=1000, description="restarts before the agent is marked failed")
+    backoff_base_s: float = Field(1.0, ge=0.01, le=3600, description="first restart delay; doubles each time")
+    backoff_cap_s: float = Field(60.0, ge=0.01, le=86_400, description="largest restart delay")
+
+
+class Autoscale(BaseModel):
+    """Keep between min and max process agents of this profile, one per tasks_per_agent tasks
+    they could serve (queued or running)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    min: int = Field(0, ge=0, le=1000)
+    max: int = Field(ge=1, le=1000)
+    tasks_per_agent: int = Field(1, ge=1, le=100_000)
+    scale_in_after_s: float = Field(
+        30.0, ge=0, le=86_400, description="an agent idle this long may be retired (drained first)"
+    )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Autoscale:
+        if self.min > self.max:
+            raise ValueError("autoscale.min must not exceed autoscale.max")
+        return self
+
+
+class A2APeer(BaseModel):
+    """The remote A2A agent an `a2a` agent stands for."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    url: str | None = Field(
+        None, pattern=r"^https?://", max_length=2000, description="its base URL (the card is at /.well-known/…)"
+    )
+    token_env: str | None = Field(
+        None, pattern=ENV_NAME, description="server environment variable holding a bearer token for the peer"
+    )
 
 
 class ProfileLimits(BaseModel):
@@ -101,6 +181,20 @@ class Profile(BaseModel):
     limits: ProfileLimits = Field(default_factory=ProfileLimits)
     permissions: ProfilePermissions = Field(default_factory=ProfilePermissions)
     approvals: ApprovalPolicy = Field(default_factory=ApprovalPolicy)
+    process: ProcessSpec | None = Field(None, description="runtime process: what to run")
+    restart: RestartPolicy = Field(default_factory=RestartPolicy)
+    autoscale: Autoscale | None = Field(None, description="runtime process: keep a number of agents by demand")
+    a2a: A2APeer | None = Field(None, description="runtime a2a: the remote agent (or give a2a_url at spawn)")
+
+    @model_validator(mode="after")
+    def _runtime_fits(self) -> Profile:
+        if (self.runtime is Runtime.PROCESS) != (self.process is not None):
+            raise ValueError("runtime process needs a `process:` section, and only it may have one")
+        if self.autoscale is not None and self.runtime is not Runtime.PROCESS:
+            raise ValueError("autoscale applies to runtime process only")
+        if self.a2a is not None and self.runtime is not Runtime.A2A:
+            raise ValueError("an `a2a:` section needs runtime a2a")
+        return self
 
     @property
     def ref(self) -> str:

@@ -40,15 +40,22 @@ AGENT_TRANSITIONS: dict[AgentStatus, frozenset[AgentStatus]] = {
     AgentStatus.STARTING: frozenset(
         {AgentStatus.ACTIVE, AgentStatus.UNRESPONSIVE, AgentStatus.STOPPING, AgentStatus.TERMINATED, AgentStatus.FAILED}
     ),
+    # -> starting: a process agent's process is (re)started.
     AgentStatus.ACTIVE: frozenset(
-        {AgentStatus.UNRESPONSIVE, AgentStatus.STOPPING, AgentStatus.TERMINATED, AgentStatus.FAILED}
+        {
+            AgentStatus.STARTING,
+            AgentStatus.UNRESPONSIVE,
+            AgentStatus.STOPPING,
+            AgentStatus.TERMINATED,
+            AgentStatus.FAILED,
+        }
     ),
     AgentStatus.UNRESPONSIVE: frozenset(
-        {AgentStatus.ACTIVE, AgentStatus.STOPPING, AgentStatus.TERMINATED, AgentStatus.FAILED}
+        {AgentStatus.STARTING, AgentStatus.ACTIVE, AgentStatus.STOPPING, AgentStatus.TERMINATED, AgentStatus.FAILED}
     ),
     AgentStatus.STOPPING: frozenset({AgentStatus.TERMINATED}),
     AgentStatus.TERMINATED: frozenset(),
-    AgentStatus.FAILED: frozenset({AgentStatus.TERMINATED}),
+    AgentStatus.FAILED: frozenset({AgentStatus.STARTING, AgentStatus.TERMINATED}),  # agent_restart revives it
 }
 
 TASK_TRANSITIONS: dict[TaskStatus, frozenset[TaskStatus]] = {

@@ -37,6 +37,7 @@ class TaskSpec(BaseModel):
         None, ge=0, le=MAX_USD, decimal_places=6, description="set aside from the claiming agent's budgets per attempt"
     )
     requires_approval: bool = Field(False, description="wait in pending_approval until an admin or operator decides")
+    timeout_s: int | None = Field(None, ge=1, le=7 * 86_400, description="wall-clock limit of one attempt")
 
     @field_validator("not_before")
     @classmethod
@@ -53,8 +54,9 @@ class TaskSpec(BaseModel):
 
     def canonical_json(self) -> str:
         body = self.model_dump(mode="json", exclude={"idempotency_key", "allow_unroutable"})
-        if not self.requires_approval:
-            del body["requires_approval"]  # so specs hashed before the field existed hash the same
+        for added_later in ("requires_approval", "timeout_s"):
+            if not body[added_later]:
+                del body[added_later]  # so specs hashed before the field existed hash the same
         body["capabilities"] = sorted(set(body["capabilities"]))
         body["resources"] = sorted(body["resources"], key=lambda r: r["name"])
         return json.dumps(body, sort_keys=True, separators=(",", ":"))

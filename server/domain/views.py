@@ -21,6 +21,17 @@ class View(BaseModel):
     model_config = ConfigDict(json_schema_extra=_nullable_as_type_lists)
 
 
+class ProcessView(View):
+    replica_id: str | None = Field(description="the server replica that runs it (null: none has taken it yet)")
+    pid: int | None = Field(description="its OS process id while running")
+    restarts: int = Field(description="restarts after unexpected exits since spawn or the last agent_restart")
+    last_exit: str | None = Field(description="how its last process ended, e.g. 'exit 1', 'killed by SIGKILL'")
+    launched_at: str | None = Field(description="when its current (or last) process was started")
+    next_start_at: str | None = Field(description="a (re)start is planned for this time")
+    stdout_tail: str | None = Field(None, description="the end of its stdout log (agent_get, on its replica)")
+    stderr_tail: str | None = Field(None, description="the end of its stderr log (agent_get, on its replica)")
+
+
 class AgentView(View):
     id: str
     name: str
@@ -36,11 +47,16 @@ class AgentView(View):
     labels: dict[str, str]
     pools: list[str] = Field(description="budget pools the agent belongs to (scopes pool:<name>)")
     children: list[str] | None = Field(None, description="ids of direct children (agent_get only)")
+    process: ProcessView | None = Field(None, description="runtime process: pid, restarts, last exit, log tails")
+    a2a_url: str | None = Field(None, description="runtime a2a: the remote agent it stands for")
 
 
 class SpawnedAgent(View):
     agent: AgentView
-    token: str = Field(description="the agent's bearer token; shown once, stored only as a hash")
+    token: str | None = Field(
+        description="the agent's bearer token; shown once, stored only as a hash. Null for process and a2a "
+        "agents: the server runs those itself and hands each process a token of its own"
+    )
 
 
 class AgentList(View):
@@ -49,6 +65,11 @@ class AgentList(View):
 
 class TerminatedAgents(View):
     terminated: list[str] = Field(description="ids that this call terminated, the target first")
+    stopping: list[str] = Field(
+        default_factory=list,
+        description="process agents still stopping when the call returned (draining, then SIGKILL at the "
+        "profile's stop_timeout_s); each becomes terminated once its process exits",
+    )
 
 
 class AttemptView(View):
@@ -148,6 +169,9 @@ class TaskView(View):
     )
     attempt_history: list[AttemptView] | None = Field(
         None, description="every attempt: filled by task_get (and the task resource), null elsewhere"
+    )
+    timeout_s: int | None = Field(
+        None, description="wall-clock limit of one attempt; agentfleet worker kills the command past it"
     )
     approval: ApprovalView | None = Field(
         None, description="the approval the task waits or waited for: decision, who, note (task_submit, task_get)"

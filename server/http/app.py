@@ -86,7 +86,7 @@ def create_app(
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         async with (
             mcp.session_manager.run(),
-            background_loops(services),
+            background_loops(services, supervise=True),
         ):  # Starlette never runs a mounted app's lifespan
             yield
         await a2a_handler.aclose()

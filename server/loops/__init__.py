@@ -1,5 +1,5 @@
-"""Background work every replica runs: the lease reaper (task and lock leases) and cross-replica
-wake-ups."""
+"""Background work every replica runs: the lease reaper (task and lock leases), cross-replica
+wake-ups and, on a server that serves HTTP, the supervisor of its process agents."""
 
 from __future__ import annotations
 
@@ -10,18 +10,26 @@ import anyio
 
 from server.loops.notify import listen_for_wakeups
 from server.loops.reaper import run_reaper
+from server.runtime.supervisor import Supervisor
 from server.services.container import Services
 
 
 @asynccontextmanager
-async def background_loops(services: Services) -> AsyncIterator[None]:
+async def background_loops(services: Services, supervise: bool = False) -> AsyncIterator[None]:
+    """supervise: run process agents here. Only a server with an HTTP address can: its agents call
+    back on AGENTFLEET_URL. Processes outlive the server and are re-adopted when it comes back."""
     async with anyio.create_task_group() as group:
         group.start_soon(run_reaper, services)
         if services.db.dialect == "postgresql":
             group.start_soon(listen_for_wakeups, services)
+        if supervise:
+            supervisor = Supervisor(services.supervision, services.settings)
+            services.agents.runner = supervisor.runner()
+            group.start_soon(supervisor.run)
         try:
             yield
         finally:
+            services.agents.runner = None
             services.signals.close()
             services.lock_signals.close()
             group.cancel_scope.cancel()

@@ -1,20 +1,24 @@
-"""Agents: spawn, list, get, terminate (cascading), heartbeat."""
+"""Agents: spawn, list, get, terminate (cascading; graceful for processes), restart, heartbeat."""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
 
+import anyio
 from sqlalchemy import BigInteger, Connection, Row, bindparam, cast, func, select, update
 
 from server.clock import MICROS, Clock, to_iso
 from server.domain.budget import POOL_NAME
 from server.domain.capabilities import validate_capabilities
 from server.domain.principal import REAPER, Principal
+from server.domain.profile import Profile, Runtime
 from server.domain.statuses import LIVE_AGENT_STATUSES, AgentStatus, agent_sources
-from server.domain.views import AgentView, SpawnedAgent
-from server.errors import Conflict, InvalidInput, NotFound, PermissionDenied
+from server.domain.views import AgentView, ProcessView, SpawnedAgent
+from server.errors import Conflict, InvalidInput, NotFound, PermissionDenied, Unavailable
 from server.ids import AGENT, new_id
 from server.services import audit
 from server.services.agent_rows import touch_agent
@@ -24,6 +28,7 @@ from server.services.leases import LeaseService
 from server.services.locks import LockService
 from server.services.profiles import ProfileRegistry
 from server.store.database import Database
+from server.store.dialect import take_turns
 from server.store.tables import agents
 
 NAME = re.compile(r"^[\w .:@/-]{1,200}$")
@@ -39,9 +44,57 @@ _QUIET = [
 ]
 _SILENT = select(agents.c.id).where(*_QUIET)
 _GO_SILENT = update(agents).where(*_QUIET).values(status=AgentStatus.UNRESPONSIVE.value).returning(agents.c.id)
+_FLEET_SIZE_TURN = 0x61666C73  # the advisory lock spawns take on PostgreSQL to count the fleet
+_STARTABLE = [s.value for s in agent_sources(AgentStatus.STARTING)]
+_STOPPABLE = [s.value for s in agent_sources(AgentStatus.STOPPING)]
 
 
-def agent_view(row: Row[Any], children: list[str] | None = None) -> AgentView:
+class PeerCards(Protocol):
+    async def capabilities(self, url: str, token_env: str | None) -> list[str]:
+        """The remote A2A agent's skills as capabilities; Unavailable when it cannot be reached."""
+        ...
+
+
+@dataclass(frozen=True)
+class Runner:
+    """This server runs process agents: its replica id, where their homes are, how to wake the
+    supervisor when one is due to start."""
+
+    replica_id: str
+    data_dir: Path
+    wake: Callable[[], None]
+    tails: Callable[[Path, str], str | None]
+
+
+@dataclass(frozen=True)
+class _Launch:
+    """What spawn adds to the row for a runtime: who runs it and from when."""
+
+    replica_id: str | None = None
+    next_start_at: int | None = None
+    a2a_url: str | None = None
+    token_hash: str | None = None
+
+
+def process_view(row: Row[Any], tails: dict[str, str | None] | None = None) -> ProcessView | None:
+    if row.runtime != Runtime.PROCESS:
+        return None
+    tails = tails or {}
+    return ProcessView(
+        replica_id=row.replica_id,
+        pid=row.pid,
+        restarts=row.restarts,
+        last_exit=row.last_exit,
+        launched_at=to_iso(row.launched_at),
+        next_start_at=to_iso(row.next_start_at),
+        stdout_tail=tails.get("stdout"),
+        stderr_tail=tails.get("stderr"),
+    )
+
+
+def agent_view(
+    row: Row[Any], children: list[str] | None = None, tails: dict[str, str | None] | None = None
+) -> AgentView:
     return AgentView(
         id=row.id,
         name=row.name,
@@ -57,6 +110,8 @@ def agent_view(row: Row[Any], children: list[str] | None = None) -> AgentView:
         labels=dict(row.labels),
         pools=list(row.pools),
         children=children,
+        process=process_view(row, tails),
+        a2a_url=row.a2a_url,
     )
 
 
@@ -88,15 +143,38 @@ def descendants(conn: Connection, root_id: str) -> list[str]:
     return found
 
 
+def release_everything(
+    conn: Connection, leases: LeaseService, locks: LockService, agent_ids: list[str], now: int, actor: str
+) -> list[Any]:
+    """What ended agents held goes back: task leases (requeued), locks, budget holds."""
+    if not agent_ids:
+        return []
+    released = leases.release_held_by(conn, agent_ids, now)
+    locks.release_for_agents(conn, agent_ids, now, actor)
+    release_holds_of(conn, agent_ids, now)
+    return released
+
+
 class AgentService:
     def __init__(
-        self, db: Database, clock: Clock, profiles: ProfileRegistry, leases: LeaseService, locks: LockService
+        self,
+        db: Database,
+        clock: Clock,
+        profiles: ProfileRegistry,
+        leases: LeaseService,
+        locks: LockService,
+        max_agents: int = 1000,
     ) -> None:
         self._db = db
         self._clock = clock
         self._profiles = profiles
         self._leases = leases
         self._locks = locks
+        self._max_agents = max_agents
+        # Set by the supervisor of a server that runs processes (`agentfleet serve`), and by the
+        # A2A peer runtime; without them such agents wait for a server that has one.
+        self.runner: Runner | None = None
+        self.peers: PeerCards | None = None
 
     # -- spawn ---------------------------------------------------------------------------------
     async def spawn(
@@ -108,6 +186,7 @@ class AgentService:
         parent_id: str | None = None,
         labels: dict[str, str] | None = None,
         pools: Sequence[str] = (),
+        a2a_url: str | None = None,
     ) -> SpawnedAgent:
         chosen = self._profiles.resolve(profile)
         extra = validate_capabilities(capabilities)
@@ -124,69 +203,99 @@ class AgentService:
                 raise PermissionDenied("an agent may spawn children only under itself; omit parent_id")
             parent_id = principal.agent_id
         token = new_agent_token()
+        launch, peer_skills = await self._launch_for(chosen, token, a2a_url)
         row = await self._db.write(
             self._spawn_tx,
             principal,
-            chosen.name,
-            chosen.version,
-            chosen.runtime.value,
-            sorted({*chosen.capabilities, *extra}),
+            chosen,
+            sorted({*chosen.capabilities, *extra, *peer_skills}),
             name,
             parent_id,
             labels,
-            token,
-            chosen.max_concurrency,
             sorted({*chosen.pools, *pools}),
-            chosen.limits.heartbeat_timeout_s,
+            launch,
         )
-        return SpawnedAgent(agent=agent_view(row), token=token)
+        if launch.next_start_at is not None and self.runner is not None:
+            self.runner.wake()
+        return SpawnedAgent(agent=agent_view(row), token=token if chosen.runtime is Runtime.EXTERNAL else None)
+
+    async def _launch_for(self, chosen: Profile, token: str, a2a_url: str | None) -> tuple[_Launch, list[str]]:
+        if a2a_url is not None and chosen.runtime is not Runtime.A2A:
+            raise InvalidInput(f"a2a_url applies to a2a agents; profile {chosen.ref} has runtime {chosen.runtime}")
+        if chosen.runtime is Runtime.EXTERNAL:
+            return _Launch(token_hash=hash_token(token)), []
+        if chosen.runtime is Runtime.PROCESS:
+            # The process gets a fresh token at each start; none is handed to the spawner.
+            replica = self.runner.replica_id if self.runner is not None else None
+            return _Launch(replica_id=replica, next_start_at=self._clock.now_us()), []
+        url = a2a_url or (chosen.a2a.url if chosen.a2a is not None else None)
+        if url is None:
+            raise InvalidInput(f"profile {chosen.ref} names no A2A agent: pass a2a_url")
+        if self.peers is None or self.runner is None:
+            raise Unavailable("a2a agents are run by `agentfleet serve` (HTTP); this server does not run them")
+        skills = await self.peers.capabilities(url, chosen.a2a.token_env if chosen.a2a is not None else None)
+        return _Launch(replica_id=self.runner.replica_id, a2a_url=url), validate_capabilities(skills)
 
     def _spawn_tx(
         self,
         conn: Connection,
         principal: Principal,
-        profile: str,
-        version: str,
-        runtime: str,
+        chosen: Profile,
         capabilities: list[str],
         name: str | None,
         parent_id: str | None,
         labels: dict[str, str],
-        token: str,
-        max_concurrency: int,
         pools: list[str],
-        heartbeat_timeout_s: int,
+        launch: _Launch,
     ) -> Row[Any]:
         now = self._clock.now_us()
         depth = 0
         if parent_id is not None:
             depth = self._check_parent(conn, parent_id)
-        refuse_if_blocked(applicable_to_child(conn, parent_id, profile, pools), now, "spawn")
+        refuse_if_blocked(applicable_to_child(conn, parent_id, chosen.name, pools), now, "spawn")
+        self._check_fleet_size(conn)
         agent_id = new_id(AGENT)
         conn.execute(
             agents.insert().values(
                 id=agent_id,
-                name=name or f"{profile}-{agent_id[-6:].lower()}",
-                profile=profile,
-                profile_version=version,
-                runtime=runtime,
+                name=name or f"{chosen.name}-{agent_id[-6:].lower()}",
+                profile=chosen.name,
+                profile_version=chosen.version,
+                runtime=chosen.runtime.value,
                 capabilities=capabilities,
                 parent_id=parent_id,
                 depth=depth,
                 status=AgentStatus.STARTING.value,
-                token_hash=hash_token(token),
+                token_hash=launch.token_hash,
                 created_by=principal.id,
                 created_at=now,
                 labels=labels,
-                max_concurrency=max_concurrency,
+                max_concurrency=chosen.max_concurrency,
                 pools=pools,
-                heartbeat_timeout_s=heartbeat_timeout_s,
+                heartbeat_timeout_s=chosen.limits.heartbeat_timeout_s,
+                replica_id=launch.replica_id,
+                next_start_at=launch.next_start_at,
+                a2a_url=launch.a2a_url,
             )
         )
         audit.record(
-            conn, now, principal, "agent.spawn", agent_id, {"profile": f"{profile}@{version}", "parent_id": parent_id}
+            conn,
+            now,
+            principal,
+            "agent.spawn",
+            agent_id,
+            {"profile": chosen.ref, "parent_id": parent_id, "runtime": chosen.runtime.value},
         )
         return conn.execute(select(agents).where(agents.c.id == agent_id)).one()
+
+    def _check_fleet_size(self, conn: Connection) -> None:
+        take_turns(conn, _FLEET_SIZE_TURN)
+        live = conn.execute(select(func.count()).select_from(agents).where(agents.c.status.in_(_LIVE))).scalar_one()
+        if live >= self._max_agents:
+            raise Conflict(
+                f"the fleet already has {live} live agents; AGENTFLEET_MAX_AGENTS allows {self._max_agents}. "
+                "Terminate some, or raise the setting"
+            )
 
     def _check_parent(self, conn: Connection, parent_id: str) -> int:
         # FOR UPDATE serializes concurrent spawns under one parent on PostgreSQL, so the
@@ -225,7 +334,15 @@ class AgentService:
         children = list(
             conn.execute(select(agents.c.id).where(agents.c.parent_id == agent_id).order_by(agents.c.id)).scalars()
         )
-        return agent_view(row, children)
+        return agent_view(row, children, self._log_tails(row))
+
+    def _log_tails(self, row: Row[Any]) -> dict[str, str | None] | None:
+        """The ends of a process agent's logs, when they are on this server's disk."""
+        runner = self.runner
+        if row.runtime != Runtime.PROCESS or runner is None or row.replica_id != runner.replica_id:
+            return None
+        home = runner.data_dir / "agents" / row.id
+        return {"stdout": runner.tails(home, "stdout.log"), "stderr": runner.tails(home, "stderr.log")}
 
     async def list(
         self,
@@ -258,14 +375,21 @@ class AgentService:
         return [agent_view(row) for row in conn.execute(query)]
 
     # -- lifecycle -----------------------------------------------------------------------------
-    async def terminate(self, principal: Principal, agent_id: str, cascade: bool = True) -> list[str]:
-        ended, released = await self._db.write(self._terminate_tx, principal, agent_id, cascade)
+    async def terminate(
+        self, principal: Principal, agent_id: str, cascade: bool = True, graceful: bool = True
+    ) -> tuple[list[str], list[str]]:
+        """End the agent (and its live descendants). A process agent whose process runs is
+        `stopping` first: it claims nothing more, gets SIGTERM (or, not graceful, SIGKILL) from its
+        supervisor, and is terminated when the process is gone. Returns (terminated, stopping)."""
+        ended, stopping, released = await self._db.write(self._terminate_tx, principal, agent_id, cascade, graceful)
         self._leases.announce_requeued(released)
-        return ended
+        if stopping and self.runner is not None:
+            self.runner.wake()
+        return ended, stopping
 
     def _terminate_tx(
-        self, conn: Connection, principal: Principal, agent_id: str, cascade: bool
-    ) -> tuple[list[str], list[Any]]:
+        self, conn: Connection, principal: Principal, agent_id: str, cascade: bool, graceful: bool
+    ) -> tuple[list[str], list[str], list[Any]]:
         now = self._clock.now_us()
         row = conn.execute(select(agents.c.status).where(agents.c.id == agent_id)).first()
         if row is None:
@@ -285,23 +409,100 @@ class AgentService:
                 f"agent {agent_id} has live children {live_below}; pass cascade=true or terminate them first"
             )
         targets = [agent_id, *live_below]
-        sources = [s.value for s in agent_sources(AgentStatus.TERMINATED)]
-        ended = (
+        stopping = self._stop_processes(conn, targets, now, graceful)
+        ended = self._end_now(conn, [t for t in targets if t not in stopping], now)
+        released = release_everything(conn, self._leases, self._locks, ended, now, principal.id)
+        for ended_id in [*ended, *stopping]:
+            action = "agent.terminate" if ended_id in ended else "agent.stop"
+            audit.record(conn, now, principal, action, ended_id, {"cascade_from": agent_id, "graceful": graceful})
+        return [agent_id, *sorted(set(ended) - {agent_id})] if agent_id in ended else sorted(ended), stopping, released
+
+    def _stop_processes(self, conn: Connection, targets: list[str], now: int, graceful: bool) -> list[str]:
+        """Process agents with a running process drain: `stopping` until their process exits."""
+        rows = conn.execute(
+            select(agents.c.id, agents.c.status, agents.c.profile, agents.c.profile_version).where(
+                agents.c.id.in_(targets),
+                agents.c.runtime == Runtime.PROCESS.value,
+                agents.c.pid.is_not(None),
+                agents.c.status.in_([*_STOPPABLE, AgentStatus.STOPPING.value]),
+            )
+        ).all()
+        stopping = []
+        for row in rows:
+            if row.status == AgentStatus.STOPPING and graceful:
+                stopping.append(row.id)  # already draining: keep its deadline
+                continue
+            spec = self._profiles.resolve(f"{row.profile}@{row.profile_version}").process
+            grace_us = int(spec.stop_timeout_s * MICROS) if graceful and spec is not None else 0
+            stopped = conn.execute(
+                update(agents)
+                .where(agents.c.id == row.id, agents.c.pid.is_not(None))
+                .values(status=AgentStatus.STOPPING.value, stop_deadline=now + grace_us, next_start_at=None)
+            ).rowcount
+            if stopped:
+                stopping.append(row.id)
+        return stopping
+
+    @staticmethod
+    def _end_now(conn: Connection, targets: list[str], now: int) -> list[str]:
+        if not targets:
+            return []
+        sources = [s.value for s in agent_sources(AgentStatus.TERMINATED) if s is not AgentStatus.STOPPING]
+        return list(
             conn.execute(
                 update(agents)
                 .where(agents.c.id.in_(targets), agents.c.status.in_(sources))
-                .values(status=AgentStatus.TERMINATED.value, token_hash=None, terminated_at=now)
+                .values(status=AgentStatus.TERMINATED.value, token_hash=None, terminated_at=now, next_start_at=None)
                 .returning(agents.c.id)
-            )
-            .scalars()
-            .all()
+            ).scalars()
         )
-        released = self._leases.release_held_by(conn, list(ended), now)
-        self._locks.release_for_agents(conn, list(ended), now, principal.id)
-        release_holds_of(conn, list(ended), now)
-        for ended_id in ended:
-            audit.record(conn, now, principal, "agent.terminate", ended_id, {"cascade_from": agent_id})
-        return [agent_id, *sorted(set(ended) - {agent_id})], released
+
+    async def wait_ended(self, agent_ids: list[str], timeout_s: float, poll_s: float = 0.1) -> list[str]:
+        """Wait until these agents are terminated (or the time is up); the ones still not ended."""
+        waiting = list(agent_ids)
+        with anyio.move_on_after(timeout_s):
+            while waiting:
+                waiting = await self._db.read(self._not_ended_tx, waiting)
+                if waiting:
+                    await anyio.sleep(poll_s)
+        return waiting
+
+    @staticmethod
+    def _not_ended_tx(conn: Connection, agent_ids: list[str]) -> list[str]:
+        return list(
+            conn.execute(
+                select(agents.c.id)
+                .where(agents.c.id.in_(agent_ids), agents.c.status != AgentStatus.TERMINATED.value)
+                .order_by(agents.c.id)
+            ).scalars()
+        )
+
+    async def restart(self, principal: Principal, agent_id: str) -> AgentView:
+        """Restart a process agent in place: same id, a new process and token. Revives a failed one."""
+        row = await self._db.write(self._restart_tx, principal, agent_id)
+        if self.runner is not None:
+            self.runner.wake()
+        return agent_view(row)
+
+    def _restart_tx(self, conn: Connection, principal: Principal, agent_id: str) -> Row[Any]:
+        now = self._clock.now_us()
+        row = conn.execute(select(agents).where(agents.c.id == agent_id)).first()
+        if row is None:
+            raise NotFound(f"no agent {agent_id}")
+        if not (principal.can_operate or _is_self_or_ancestor(conn, principal, agent_id)):
+            raise PermissionDenied(f"agent {agent_id} is not yours to restart: only its ancestors or an operator")
+        if row.runtime != Runtime.PROCESS:
+            raise InvalidInput(f"agent {agent_id} has runtime {row.runtime}; only process agents can be restarted")
+        restarted = conn.execute(
+            update(agents)
+            .where(agents.c.id == agent_id, agents.c.status.in_(_STARTABLE + [AgentStatus.STARTING.value]))
+            .values(status=AgentStatus.STARTING.value, next_start_at=now, restarts=0)
+            .returning(*agents.c)
+        ).first()
+        if restarted is None:
+            raise Conflict(f"agent {agent_id} is {row.status}; only a live or failed agent can be restarted")
+        audit.record(conn, now, principal, "agent.restart", agent_id, {"from": row.status})
+        return restarted
 
     # -- supervision ---------------------------------------------------------------------------
     async def sweep_silent(self) -> int:
@@ -323,9 +524,7 @@ class AgentService:
         silent = list(conn.execute(_GO_SILENT, {"now": now}).scalars())
         if not silent:
             return [], []
-        released = self._leases.release_held_by(conn, silent, now)
-        self._locks.release_for_agents(conn, silent, now, REAPER.id)
-        release_holds_of(conn, silent, now)
+        released = release_everything(conn, self._leases, self._locks, silent, now, REAPER.id)
         for agent_id in silent:
             audit.record(conn, now, REAPER, "agent.unresponsive", agent_id, {})
         return silent, released

@@ -22,6 +22,7 @@ from server.services.pricing import PriceTable
 from server.services.profiles import ProfileRegistry, shipped_profiles_dir
 from server.services.rate_limits import RateLimiter
 from server.services.signals import LockSignals, TaskSignals
+from server.services.supervision import SupervisionService
 from server.services.tasks import TaskService
 from server.services.tokens import TokenService
 from server.settings import Settings
@@ -50,6 +51,7 @@ class Services:
     gate: Gate
     tokens: TokenService
     approvals: ApprovalService
+    supervision: SupervisionService
 
     def close(self) -> None:
         self.signals.close()
@@ -86,7 +88,7 @@ def build_services(
         clock=clock,
         profiles=profiles,
         auth=Authenticator(db, clock, admin_token),
-        agents=AgentService(db, clock, profiles, leases, locks),
+        agents=AgentService(db, clock, profiles, leases, locks, settings.max_agents),
         tasks=TaskService(
             db,
             clock,
@@ -109,4 +111,5 @@ def build_services(
         gate=Gate(db, clock, access, RateLimiter(db.dialect, settings, access), audit),
         tokens=TokenService(db, clock),
         approvals=ApprovalService(db, clock, signals),
+        supervision=SupervisionService(db, clock, profiles, leases, locks, settings.resolved_replica_id),
     )

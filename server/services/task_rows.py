@@ -53,6 +53,7 @@ def task_view(
         locks=locks,
         attempt_history=attempts,
         approval=approval,
+        timeout_s=row.timeout_s,
     )
 
 

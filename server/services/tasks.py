@@ -149,6 +149,7 @@ class TaskService:
             if spec.estimated_cost_usd is None
             else to_micros(spec.estimated_cost_usd, "estimated_cost_usd"),
             approval_id=approval_id,
+            timeout_s=spec.timeout_s,
         )
         if spec.idempotency_key is None:
             row = conn.execute(_INSERT_TASK, values).one()

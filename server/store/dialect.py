@@ -32,6 +32,14 @@ def insert_ignoring_duplicates(conn: Connection, table: Table, values: dict[str,
     conn.execute(dialect.insert(table).values(values).on_conflict_do_nothing(index_elements=[unique_column]))
 
 
+def take_turns(conn: Connection, key: int) -> None:
+    """Serialize transactions that count rows before inserting (a limit on how many may exist):
+    a transaction-scoped advisory lock on PostgreSQL, shared by every replica. SQLite's write lock
+    already makes writers take turns."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+
+
 def notify(conn: Connection, channel: str, payload: dict[str, Any]) -> None:
     """PostgreSQL delivers NOTIFY on commit, so listeners never hear of work that was rolled back.
     SQLite has no such channel; parked claims there rely on in-process wake-ups and re-checks."""

@@ -68,6 +68,20 @@ agents = Table(
     Column("heartbeat_timeout_s", Integer, nullable=False, server_default=text("60")),
     # Budget pools the agent joined (from its profile and its spawn call): scopes `pool:<name>`.
     Column("pools", JSON, nullable=False, server_default=text("'[]'")),
+    # Process agents: the replica that runs them, the OS process (pid plus its start time, so a
+    # reused pid is never mistaken for it), and the supervisor's plan.
+    Column("replica_id", String(200), nullable=True, index=True),
+    Column("pid", Integer, nullable=True),
+    Column("pid_start", String(80), nullable=True),
+    Column("launched_at", BigInteger, nullable=True),
+    Column("restarts", Integer, nullable=False, server_default=text("0")),
+    Column("last_exit", String(200), nullable=True),
+    # Set: (re)start the process once this time comes (stopping the running one first).
+    Column("next_start_at", BigInteger, nullable=True),
+    # Set while stopping: SIGKILL if the process has not exited by then.
+    Column("stop_deadline", BigInteger, nullable=True),
+    # a2a agents: the remote agent's base URL.
+    Column("a2a_url", String(2000), nullable=True),
     CheckConstraint(_one_of("status", [s.value for s in AgentStatus]), name="status"),
 )
 
@@ -113,6 +127,8 @@ tasks = Table(
     Column("estimated_cost_micros", BigInteger, nullable=True),
     # The approval it waited for, if it needed one (orch_approvals.task_id points back).
     Column("approval_id", String(ID), nullable=True),
+    # Wall-clock limit of one attempt, for whoever runs it (agentfleet worker kills the command).
+    Column("timeout_s", Integer, nullable=True),
     CheckConstraint(_one_of("status", [s.value for s in TaskStatus]), name="status"),
     CheckConstraint("priority BETWEEN 0 AND 3", name="priority"),
     CheckConstraint("attempts <= max_attempts", name="attempts"),

@@ -110,6 +110,8 @@ KEY_EXPECTATIONS: list[tuple[Role, str, bool]] = [
     (Role.OPERATOR, "task_cancel", True),
     (Role.OPERATOR, "lock_release", True),
     (Role.OPERATOR, "agent_terminate", True),
+    (Role.OPERATOR, "agent_restart", True),
+    (Role.VIEWER, "agent_restart", False),
     (Role.OPERATOR, "approval_decide", True),
     (Role.OPERATOR, "audit_query", True),
     (Role.AGENT, "approval_decide", False),
@@ -218,6 +220,13 @@ async def _agent_terminate(f: Fleet, ok: bool) -> dict[str, Any]:
     return {"agent_id": (await call(spawner, "agent_spawn", profile="worker"))["agent"]["id"]}
 
 
+async def _agent_restart(f: Fleet, ok: bool) -> dict[str, Any]:
+    if not ok:
+        return {"agent_id": f.agent}
+    spawner = f.me if f.role is Role.AGENT else f.admin  # an agent restarts its own child
+    return {"agent_id": (await call(spawner, "agent_spawn", profile="sleeper"))["agent"]["id"]}
+
+
 async def _task_cancel(f: Fleet, ok: bool) -> dict[str, Any]:
     if not ok:
         return {"task_id": f.queued}
@@ -306,6 +315,7 @@ ARGUMENTS: dict[str, Arguments] = {
     "agent_get": _with(lambda f: {"agent_id": f.agent}),
     "agent_spawn": _fixed(profile="worker"),
     "agent_terminate": _agent_terminate,
+    "agent_restart": _agent_restart,
     "agent_heartbeat": _fixed(),
     "task_submit": _with(lambda f: {"type": "build", "not_before": later()}),
     "task_get": _with(lambda f: {"task_id": f.leased}),
