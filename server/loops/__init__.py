@@ -23,7 +23,7 @@ async def background_loops(services: Services, supervise: bool = False) -> Async
         if services.db.dialect == "postgresql":
             group.start_soon(listen_for_wakeups, services)
         if supervise:
-            supervisor = Supervisor(services.supervision, services.settings)
+            supervisor = Supervisor(services.supervision, services.autoscaling, services.settings)
             services.agents.runner = supervisor.runner()
             group.start_soon(supervisor.run)
         try:

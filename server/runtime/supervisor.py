@@ -17,6 +17,7 @@ from server.errors import FleetError
 from server.runtime import process
 from server.services.agents import Runner
 from server.services.auth import new_agent_token
+from server.services.autoscaling import AutoscaleService
 from server.services.supervision import Supervised, SupervisionService, stop_grace_us
 from server.settings import Settings
 
@@ -26,8 +27,9 @@ _ENDED = (AgentStatus.TERMINATED, AgentStatus.FAILED)
 
 
 class Supervisor:
-    def __init__(self, supervision: SupervisionService, settings: Settings) -> None:
+    def __init__(self, supervision: SupervisionService, autoscaling: AutoscaleService, settings: Settings) -> None:
         self._store = supervision
+        self._autoscaling = autoscaling
         self._settings = settings
         self._children: dict[str, process.Started] = {}  # processes this server started, by agent
         self._sigterm_sent: dict[str, int] = {}  # agent id -> when (clock µs) it was asked to stop
@@ -56,6 +58,9 @@ class Supervisor:
             self._doorbell = anyio.Event()
 
     async def tick(self) -> None:
+        if self._autoscaling.active:
+            for scaled in await self._autoscaling.rebalance(self._store.replica_id):
+                log.info("autoscale %s: added %s, retiring %s", scaled.profile, scaled.added, scaled.retired)
         now = self._store.now_us()
         watched = await self._store.watched()
         for agent in watched:

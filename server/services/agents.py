@@ -44,7 +44,7 @@ _QUIET = [
 ]
 _SILENT = select(agents.c.id).where(*_QUIET)
 _GO_SILENT = update(agents).where(*_QUIET).values(status=AgentStatus.UNRESPONSIVE.value).returning(agents.c.id)
-_FLEET_SIZE_TURN = 0x61666C73  # the advisory lock spawns take on PostgreSQL to count the fleet
+FLEET_SIZE_TURN = 0x61666C73  # the advisory lock spawns take on PostgreSQL to count the fleet
 _STARTABLE = [s.value for s in agent_sources(AgentStatus.STARTING)]
 _STOPPABLE = [s.value for s in agent_sources(AgentStatus.STOPPING)]
 
@@ -67,7 +67,7 @@ class Runner:
 
 
 @dataclass(frozen=True)
-class _Launch:
+class Launch:
     """What spawn adds to the row for a runtime: who runs it and from when."""
 
     replica_id: str | None = None
@@ -205,7 +205,7 @@ class AgentService:
         token = new_agent_token()
         launch, peer_skills = await self._launch_for(chosen, token, a2a_url)
         row = await self._db.write(
-            self._spawn_tx,
+            self.spawn_in,
             principal,
             chosen,
             sorted({*chosen.capabilities, *extra, *peer_skills}),
@@ -219,24 +219,24 @@ class AgentService:
             self.runner.wake()
         return SpawnedAgent(agent=agent_view(row), token=token if chosen.runtime is Runtime.EXTERNAL else None)
 
-    async def _launch_for(self, chosen: Profile, token: str, a2a_url: str | None) -> tuple[_Launch, list[str]]:
+    async def _launch_for(self, chosen: Profile, token: str, a2a_url: str | None) -> tuple[Launch, list[str]]:
         if a2a_url is not None and chosen.runtime is not Runtime.A2A:
             raise InvalidInput(f"a2a_url applies to a2a agents; profile {chosen.ref} has runtime {chosen.runtime}")
         if chosen.runtime is Runtime.EXTERNAL:
-            return _Launch(token_hash=hash_token(token)), []
+            return Launch(token_hash=hash_token(token)), []
         if chosen.runtime is Runtime.PROCESS:
             # The process gets a fresh token at each start; none is handed to the spawner.
             replica = self.runner.replica_id if self.runner is not None else None
-            return _Launch(replica_id=replica, next_start_at=self._clock.now_us()), []
+            return Launch(replica_id=replica, next_start_at=self._clock.now_us()), []
         url = a2a_url or (chosen.a2a.url if chosen.a2a is not None else None)
         if url is None:
             raise InvalidInput(f"profile {chosen.ref} names no A2A agent: pass a2a_url")
         if self.peers is None or self.runner is None:
             raise Unavailable("a2a agents are run by `agentfleet serve` (HTTP); this server does not run them")
         skills = await self.peers.capabilities(url, chosen.a2a.token_env if chosen.a2a is not None else None)
-        return _Launch(replica_id=self.runner.replica_id, a2a_url=url), validate_capabilities(skills)
+        return Launch(replica_id=self.runner.replica_id, a2a_url=url), validate_capabilities(skills)
 
-    def _spawn_tx(
+    def spawn_in(  # also the autoscaler's, inside its own transaction
         self,
         conn: Connection,
         principal: Principal,
@@ -246,7 +246,7 @@ class AgentService:
         parent_id: str | None,
         labels: dict[str, str],
         pools: list[str],
-        launch: _Launch,
+        launch: Launch,
     ) -> Row[Any]:
         now = self._clock.now_us()
         depth = 0
@@ -288,13 +288,17 @@ class AgentService:
         )
         return conn.execute(select(agents).where(agents.c.id == agent_id)).one()
 
-    def _check_fleet_size(self, conn: Connection) -> None:
-        take_turns(conn, _FLEET_SIZE_TURN)
+    def fleet_room(self, conn: Connection) -> int:
+        """How many more agents the fleet may have, counted under a turn every spawner takes."""
+        take_turns(conn, FLEET_SIZE_TURN)
         live = conn.execute(select(func.count()).select_from(agents).where(agents.c.status.in_(_LIVE))).scalar_one()
-        if live >= self._max_agents:
+        return max(0, self._max_agents - live)
+
+    def _check_fleet_size(self, conn: Connection) -> None:
+        if not self.fleet_room(conn):
             raise Conflict(
-                f"the fleet already has {live} live agents; AGENTFLEET_MAX_AGENTS allows {self._max_agents}. "
-                "Terminate some, or raise the setting"
+                f"the fleet already has {self._max_agents} live agents, as many as AGENTFLEET_MAX_AGENTS allows; "
+                "terminate some, or raise the setting"
             )
 
     def _check_parent(self, conn: Connection, parent_id: str) -> int:
@@ -409,15 +413,15 @@ class AgentService:
                 f"agent {agent_id} has live children {live_below}; pass cascade=true or terminate them first"
             )
         targets = [agent_id, *live_below]
-        stopping = self._stop_processes(conn, targets, now, graceful)
-        ended = self._end_now(conn, [t for t in targets if t not in stopping], now)
+        stopping = self.stop_processes(conn, targets, now, graceful)
+        ended = self.end_now(conn, [t for t in targets if t not in stopping], now)
         released = release_everything(conn, self._leases, self._locks, ended, now, principal.id)
         for ended_id in [*ended, *stopping]:
             action = "agent.terminate" if ended_id in ended else "agent.stop"
             audit.record(conn, now, principal, action, ended_id, {"cascade_from": agent_id, "graceful": graceful})
         return [agent_id, *sorted(set(ended) - {agent_id})] if agent_id in ended else sorted(ended), stopping, released
 
-    def _stop_processes(self, conn: Connection, targets: list[str], now: int, graceful: bool) -> list[str]:
+    def stop_processes(self, conn: Connection, targets: list[str], now: int, graceful: bool) -> list[str]:
         """Process agents with a running process drain: `stopping` until their process exits."""
         rows = conn.execute(
             select(agents.c.id, agents.c.status, agents.c.profile, agents.c.profile_version).where(
@@ -444,7 +448,7 @@ class AgentService:
         return stopping
 
     @staticmethod
-    def _end_now(conn: Connection, targets: list[str], now: int) -> list[str]:
+    def end_now(conn: Connection, targets: list[str], now: int) -> list[str]:
         if not targets:
             return []
         sources = [s.value for s in agent_sources(AgentStatus.TERMINATED) if s is not AgentStatus.STOPPING]

@@ -13,6 +13,7 @@ from server.services.approval_rows import ApprovalTerms
 from server.services.approvals import ApprovalService
 from server.services.audit import AuditService
 from server.services.auth import Authenticator
+from server.services.autoscaling import AutoscaleService
 from server.services.budgets import BudgetService
 from server.services.fleet import FleetService
 from server.services.gate import Gate
@@ -52,6 +53,7 @@ class Services:
     tokens: TokenService
     approvals: ApprovalService
     supervision: SupervisionService
+    autoscaling: AutoscaleService
 
     def close(self) -> None:
         self.signals.close()
@@ -81,6 +83,7 @@ def build_services(
     locks = LockService(db, clock, lock_signals, signals, settings.claim_recheck_s, access)
     leases = LeaseService(db, clock, signals, locks, settings.claim_recheck_s)
     budgets = BudgetService(db, clock, profiles, PriceTable.load(settings.data_dir))
+    agents = AgentService(db, clock, profiles, leases, locks, settings.max_agents)
     approval_terms = ApprovalTerms(settings.approval_timeout_s, Decision(settings.approval_on_expiry))
     return Services(
         settings=settings,
@@ -88,7 +91,7 @@ def build_services(
         clock=clock,
         profiles=profiles,
         auth=Authenticator(db, clock, admin_token),
-        agents=AgentService(db, clock, profiles, leases, locks, settings.max_agents),
+        agents=agents,
         tasks=TaskService(
             db,
             clock,
@@ -112,4 +115,5 @@ def build_services(
         tokens=TokenService(db, clock),
         approvals=ApprovalService(db, clock, signals),
         supervision=SupervisionService(db, clock, profiles, leases, locks, settings.resolved_replica_id),
+        autoscaling=AutoscaleService(db, clock, agents, profiles.autoscaled()),
     )

@@ -84,6 +84,10 @@ class ProfileRegistry:
     def all(self) -> list[Profile]:
         return [p for versions in self._by_name.values() for p in versions]
 
+    def autoscaled(self) -> list[Profile]:
+        """The newest version of each profile that asks for autoscaling."""
+        return [versions[0] for versions in self._by_name.values() if versions[0].autoscale is not None]
+
     def capabilities(self) -> frozenset[str]:
         return frozenset(c for p in self.all() for c in p.capabilities)
 
