@@ -6,7 +6,6 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from server.services.auth import new_admin_token
 from server.settings import Settings
 
 
@@ -27,6 +26,8 @@ def ensure_admin_token(settings: Settings) -> AdminToken:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
         return AdminToken(path.read_text(encoding="utf-8").strip(), path, False)
+    from server.services.auth import new_admin_token  # not at import: `agentfleet worker` starts without the store
+
     token = new_admin_token()
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         handle.write(token + "\n")

@@ -1,4 +1,4 @@
-"""The `agentfleet` command: serve (HTTP or stdio), db upgrade, status, token, audit verify."""
+"""The `agentfleet` command: serve (HTTP or stdio), db upgrade, status, token, audit verify, worker."""
 
 from __future__ import annotations
 
@@ -67,6 +67,19 @@ def build_parser() -> argparse.ArgumentParser:
     rotate.add_argument("token", help="its name or id (tkn_…)")
     for sub in (create, listing, revoke, rotate):
         _add_store_flags(sub)
+
+    worker = commands.add_parser(
+        "worker",
+        help="a pull worker: claims tasks and runs CMD per task (task JSON on stdin, result JSON on stdout)",
+        usage="agentfleet worker [--profile P] [options] -- CMD [ARGS...]",
+    )
+    worker.add_argument("--url", help="the server's base URL, e.g. http://127.0.0.1:8765 (AGENTFLEET_URL)")
+    worker.add_argument("--token", help="an agent's token; with --profile an operator's (AGENTFLEET_TOKEN)")
+    worker.add_argument("--profile", help="register an agent of this profile (and terminate it on exit)")
+    worker.add_argument("--name", help="with --profile: the registered agent's name")
+    worker.add_argument("--wait-s", type=float, default=20.0, help="task_claim long-poll in seconds (0-60, default 20)")
+    worker.add_argument("--max-tasks", type=int, help="exit 0 after this many tasks")
+    worker.add_argument("cmd", nargs=argparse.REMAINDER, help="-- then the command and its arguments (no shell)")
     return parser
 
 
@@ -259,9 +272,44 @@ def _print_tokens(tokens: Sequence[Any], as_json: bool) -> int:
     return 0
 
 
+def cmd_worker(args: argparse.Namespace) -> int:
+    import os
+    import shutil
+
+    from server.worker.loop import WorkerConfig, run
+
+    command = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+    url = args.url or os.environ.get("AGENTFLEET_URL")
+    token = args.token or os.environ.get("AGENTFLEET_TOKEN")
+    problems = [
+        "no server URL: set AGENTFLEET_URL or pass --url" if not url else "",
+        "no token: set AGENTFLEET_TOKEN or pass --token" if not token else "",
+        "no command: agentfleet worker [--profile P] -- CMD [ARGS...]" if not command else "",
+        f"{command[0]}: not found or not executable" if command and not shutil.which(command[0]) else "",
+        "--url must start with http:// or https://" if url and not url.startswith(("http://", "https://")) else "",
+        "--wait-s must be between 0 and 60" if not 0 <= args.wait_s <= 60 else "",
+        "--max-tasks must be at least 1" if args.max_tasks is not None and args.max_tasks < 1 else "",
+        "--name needs --profile" if args.name and not args.profile else "",
+    ]
+    if any(problems):
+        for problem in filter(None, problems):
+            print(f"agentfleet worker: {problem}", file=sys.stderr)
+        return 2
+    assert url and token
+    _configure_logging(os.environ.get("AGENTFLEET_LOG_LEVEL") or "info")
+    config = WorkerConfig(url, token, command, args.profile, args.name, args.wait_s, args.max_tasks)
+    return run(config)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"serve": cmd_serve, "status": cmd_status, "audit": cmd_audit_verify, "token": cmd_token}
+    handlers = {
+        "serve": cmd_serve,
+        "status": cmd_status,
+        "audit": cmd_audit_verify,
+        "token": cmd_token,
+        "worker": cmd_worker,
+    }
     try:
         if args.command == "db":
             return cmd_db_upgrade(args)

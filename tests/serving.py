@@ -8,8 +8,9 @@ SIGKILL (`kill`). Its stdout and stderr go to files under the test's tmp_path (l
 Fixtures: load them with `pytest_plugins = ["tests.serving"]` in the test module, and import from
 here only under TYPE_CHECKING (a plugin imported before it is registered loses assert rewriting).
 
-- `serve(database_url, *, data_dir=None, admin_token=ADMIN_TOKEN, env=None)` starts a server and
-  stops it at teardown; call it again with the same arguments to restart on the same store.
+- `serve(database_url, *, data_dir=None, admin_token=ADMIN_TOKEN, env=None, port=None)` starts a
+  server and stops it at teardown; call it again with the same arguments to restart on the same
+  store (and with the same `port`, on the same address).
   Pair it with tests.conftest's function-scoped `database_url` for an empty store per test.
 - `shared_fleet` is one server per test session and store kind (`shared_database_url`: SQLite, and
   PostgreSQL when AGENTFLEET_TEST_DATABASE_URL is set), for tests that tolerate each other's data.
@@ -89,6 +90,7 @@ class FleetServer:
         admin_token: str | None = ADMIN_TOKEN,
         name: str = "server",
         env: Mapping[str, str] | None = None,
+        port: int | None = None,
     ) -> None:
         self.data_dir = data_dir
         self.log_dir = log_dir
@@ -97,7 +99,8 @@ class FleetServer:
         self.name = name
         self.extra_env = dict(env or {})
         self.process: subprocess.Popen[bytes] | None = None
-        self.port = 0
+        self.port = port or 0
+        self.fixed_port = port  # a restart on the same address (process agents call back on it)
         self._attempt = 0
 
     # -- where and who --------------------------------------------------------------------------
@@ -143,7 +146,7 @@ class FleetServer:
         assert self.process is None or self.process.poll() is not None, f"{self.name} is already running"
         for _ in range(PORT_ATTEMPTS):
             self._attempt += 1
-            self.port = free_port()
+            self.port = self.fixed_port or free_port()
             self._spawn()
             if self._wait_healthy(timeout):
                 return self
@@ -251,6 +254,7 @@ class _Started:
         data_dir: Path | None = None,
         admin_token: str | None = ADMIN_TOKEN,
         env: Mapping[str, str] | None = None,
+        port: int | None = None,
     ) -> FleetServer:
         server = FleetServer(
             data_dir=data_dir or self._log_dir / "data",
@@ -259,6 +263,7 @@ class _Started:
             admin_token=admin_token,
             name=f"{self._prefix}-{next(self._counter)}",
             env=env,
+            port=port,
         )
         self.servers.append(server)
         return server.start()
