@@ -146,6 +146,24 @@ def signal_group(pid: int, signum: signal.Signals) -> None:
         os.killpg(pid, signum)
 
 
+def kill_session(pid: int) -> None:
+    """SIGKILL everything in the agent's session: its process group and any groups its commands
+    were put in (agentfleet worker runs each command in a group of its own, in the same session)."""
+    signal_group(pid, signal.SIGKILL)
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and _session_of(entry) == pid:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(int(entry.name), signal.SIGKILL)
+
+
+def _session_of(proc: Path) -> int | None:
+    try:
+        fields = (proc / "stat").read_text(encoding="ascii", errors="replace").rpartition(")")[2].split()
+    except OSError:
+        return None
+    return int(fields[3]) if len(fields) > 3 else None  # field 6 of stat: the session id
+
+
 def describe_exit(returncode: int | None) -> str:
     if returncode is None:
         return "exited (status unknown: adopted after a server restart)"

@@ -80,6 +80,7 @@ class Supervisor:
             await self._start_when_due(agent, alive, now)
         elif agent.pid is not None and not alive:
             self._forget(agent.id)
+            process.kill_session(agent.pid)  # what it left running (a command mid-task) goes too
             outcome = await self._store.record_exit(agent.id, agent.pid, how)
             if outcome is not None:
                 log.warning(
@@ -105,7 +106,7 @@ class Supervisor:
         """An ended agent whose process outlived it (a crash mid-stop, a start racing a terminate)."""
         if alive and agent.pid is not None:
             log.warning("agent %s is %s but its process %d runs: killing it", agent.id, agent.status, agent.pid)
-            process.signal_group(agent.pid, signal.SIGKILL)
+            process.kill_session(agent.pid)
             return  # reaped and forgotten on a later tick
         self._forget(agent.id)
         await self._store.forget_process(agent.id)
@@ -120,7 +121,7 @@ class Supervisor:
             process.signal_group(agent.pid, signal.SIGTERM)
             self._sigterm_sent[agent.id] = now
         if agent.stop_deadline is not None and now >= agent.stop_deadline:
-            process.signal_group(agent.pid, signal.SIGKILL)
+            process.kill_session(agent.pid)
 
     async def _start_when_due(self, agent: Supervised, alive: bool, now: int) -> None:
         if alive and agent.pid is not None:  # agent_restart: stop the running process first
@@ -128,7 +129,7 @@ class Supervisor:
             if asked == now:
                 process.signal_group(agent.pid, signal.SIGTERM)
             if now >= asked + stop_grace_us(agent.profile):
-                process.signal_group(agent.pid, signal.SIGKILL)
+                process.kill_session(agent.pid)
             return
         self._forget(agent.id)
         if agent.next_start_at is not None and agent.next_start_at <= now:

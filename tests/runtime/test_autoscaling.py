@@ -4,7 +4,7 @@ only after scale_in_after_s."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
@@ -15,6 +15,7 @@ from server.runtime import process
 from server.runtime.supervisor import Supervisor
 from server.services.container import Services, build_services
 from server.settings import Settings
+from server.store.tables import agents
 from tests.conftest import ADMIN_TOKEN, connector
 from tests.helpers import call
 
@@ -47,8 +48,6 @@ def scaled(tmp_path: Path, database_url: str, clock: FakeClock) -> Iterator[tupl
     services.agents.runner = supervisor.runner()
     yield services, supervisor
     with services.db.engine.connect() as conn:  # no process outlives the test
-        from server.store.tables import agents
-
         for row in conn.execute(agents.select()):
             if row.pid is not None:
                 process.signal_group(row.pid, process.signal.SIGKILL)
