@@ -201,6 +201,8 @@ class AgentService:
         if principal.agent_id is not None:
             if parent_id not in (None, principal.agent_id):
                 raise PermissionDenied("an agent may spawn children only under itself; omit parent_id")
+            if a2a_url is not None:  # the server would fetch any URL it names, internal hosts included
+                raise PermissionDenied("a2a_url is for admins and operators; an agent spawns peers its profiles name")
             parent_id = principal.agent_id
         token = new_agent_token()
         launch, peer_skills = await self._launch_for(chosen, token, a2a_url)

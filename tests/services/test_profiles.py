@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -19,9 +20,43 @@ def write(folder: Path, name: str, body: str) -> Path:
 
 def test_shipped_profiles_load():
     registry = ProfileRegistry.load([shipped_profiles_dir()])
-    assert {p.name for p in registry.all()} >= {"default", "developer", "researcher", "reviewer"}
+    runtimes = {p.name: p.runtime.value for p in registry.all()}
+    assert runtimes == {
+        "default": "external",
+        "developer": "external",
+        "researcher": "external",
+        "reviewer": "external",
+        "python-echo": "process",
+        "shell-worker": "process",
+        "claude-code": "process",
+    }
     for profile in registry.all():
-        assert profile.description and profile.runtime == "external" and profile.max_concurrency >= 1
+        assert profile.description and profile.max_concurrency >= 1
+        if profile.process is not None:  # the server's own `agentfleet worker` runs each command
+            assert profile.process.command[:3] == ("agentfleet", "worker", "--")
+    claude = registry.resolve("claude-code").process
+    assert claude is not None and "ANTHROPIC_API_KEY" in claude.env_passthrough
+
+
+RUNTIME_MISTAKES = [
+    ("runtime: process\n", "needs a `process:` section"),
+    ("process: {command: [x]}\n", "needs a `process:` section"),
+    ("runtime: process\nprocess: {command: []}\n", "process.command"),
+    ("runtime: process\nprocess: {command: [x], env: {AGENTFLEET_TOKEN: t}}\n", "the server sets them"),
+    ('runtime: process\nprocess: {command: [x], env_passthrough: ["BAD NAME"]}\n', "env_passthrough"),
+    ("autoscale: {max: 2}\n", "runtime process only"),
+    ("runtime: process\nprocess: {command: [x]}\nautoscale: {min: 3, max: 2}\n", "must not exceed"),
+    ("runtime: a2a\na2a: {url: ftp://peer}\n", "a2a.url"),
+    ("a2a: {url: http://peer}\n", "needs runtime a2a"),
+    ("runtime: process\nprocess: {command: [x]}\nrestart: {max_restarts: -1}\n", "restart.max_restarts"),
+]
+
+
+@pytest.mark.parametrize(("block", "complaint"), RUNTIME_MISTAKES)
+def test_runtime_sections_are_checked_when_the_profile_loads(tmp_path, block, complaint):
+    write(tmp_path, "p.yaml", "name: p\nversion: 1.0.0\ndescription: x\n" + block)
+    with pytest.raises(InvalidInput, match=re.escape(complaint)):
+        ProfileRegistry.load([tmp_path])
 
 
 def test_a_bad_field_is_named_with_its_file(tmp_path):

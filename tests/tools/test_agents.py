@@ -112,3 +112,80 @@ async def test_agent_list_filters(connect):
         assert by_status["agents"] == []
         limited = await call(admin, "agent_list", limit=1)
         assert len(limited["agents"]) == 1
+
+
+async def test_the_fleet_size_limit_refuses_a_spawn_and_creates_nothing(settings, tmp_path):
+    from dataclasses import replace
+
+    from server.services.container import build_services
+    from tests.conftest import ADMIN_TOKEN, connector
+
+    services = build_services(replace(settings, max_agents=2), ADMIN_TOKEN)
+    try:
+        async with connector(services)() as admin:
+            first = await call(admin, "agent_spawn", profile="default")
+            parent = await call(admin, "agent_spawn", profile="developer")
+            refused = await call_error(admin, "agent_spawn", profile="default")
+            assert refused.code == "conflict" and "already has 2 live agents" in refused.text
+            assert "AGENTFLEET_MAX_AGENTS" in refused.text
+            # A child counts too, whoever spawns it.
+            async with connector(services)(parent["token"]) as as_parent:
+                assert (await call_error(as_parent, "agent_spawn", profile="reviewer")).code == "conflict"
+            assert len((await call(admin, "agent_list"))["agents"]) == 2
+            await call(admin, "agent_terminate", agent_id=first["agent"]["id"])
+            assert (await call(admin, "agent_spawn", profile="default"))["agent"]["status"] == "starting"
+    finally:
+        services.close()
+
+
+async def test_only_people_may_point_an_agent_at_an_a2a_url(connect):
+    async with connect() as admin:
+        agent = await call(admin, "agent_spawn", profile="developer")
+    async with connect(agent["token"]) as as_agent:
+        refused = await call_error(as_agent, "agent_spawn", profile="reviewer", a2a_url="http://10.0.0.1:9/")
+    assert refused.code == "permission_denied" and "a2a_url" in refused.text
+    async with connect() as admin:
+        wrong = await call_error(admin, "agent_spawn", profile="reviewer", a2a_url="http://peer.example/")
+        assert wrong.code == "invalid_input" and "runtime external" in wrong.text
+        assert len((await call(admin, "agent_list"))["agents"]) == 1
+
+
+async def test_a_process_agent_spawned_where_no_supervisor_runs_waits_unassigned_without_a_token(connect):
+    async with connect() as admin:
+        spawned = await call(admin, "agent_spawn", profile="sleeper")
+        process = spawned["agent"]["process"]
+        assert spawned["token"] is None and spawned["agent"]["runtime"] == "process"
+        assert process["replica_id"] is None and process["pid"] is None and process["next_start_at"]
+        # Terminating it needs no process to stop.
+        ended = await call(admin, "agent_terminate", agent_id=spawned["agent"]["id"])
+        assert ended == {"terminated": [spawned["agent"]["id"]], "stopping": []}
+
+
+async def test_concurrent_spawns_on_two_service_instances_never_pass_the_fleet_size(settings):
+    """Two instances on one store stand for two replicas: 24 spawns race for 5 places."""
+    from dataclasses import replace
+
+    import anyio
+
+    from server.services.container import build_services
+    from tests.conftest import ADMIN_TOKEN, connector
+
+    replicas = [build_services(replace(settings, max_agents=5), ADMIN_TOKEN) for _ in range(2)]
+    outcomes: list[str] = []
+    try:
+
+        async def spawn(n: int) -> None:
+            async with connector(replicas[n % 2])() as admin:
+                result = await admin.call_tool("agent_spawn", {"profile": "default"})
+                outcomes.append(result.content[0].text.split(":", 1)[0] if result.is_error else "spawned")
+
+        async with anyio.create_task_group() as group:
+            for n in range(24):
+                group.start_soon(spawn, n)
+        async with connector(replicas[0])() as admin:
+            live = (await call(admin, "agent_list", limit=100))["agents"]
+    finally:
+        for built in replicas:
+            built.close()
+    assert outcomes.count("spawned") == 5 and outcomes.count("conflict") == 19, outcomes
+    assert len(live) == 5
