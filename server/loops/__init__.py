@@ -1,5 +1,6 @@
 """Background work every replica runs: the lease reaper (task and lock leases), cross-replica
-wake-ups and, on a server that serves HTTP, the supervisor of its process agents."""
+wake-ups and, on a server that serves HTTP, the supervisor of its process agents and the runtime
+of its a2a agents."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import anyio
 
 from server.loops.notify import listen_for_wakeups
 from server.loops.reaper import run_reaper
+from server.runtime.a2a_peer import PeerCardFetcher, PeerRuntime
 from server.runtime.supervisor import Supervisor
 from server.services.container import Services
 
@@ -26,10 +28,21 @@ async def background_loops(services: Services, supervise: bool = False) -> Async
             supervisor = Supervisor(services.supervision, services.autoscaling, services.settings)
             services.agents.runner = supervisor.runner()
             group.start_soon(supervisor.run)
+            cards = PeerCardFetcher()
+            services.agents.peers = cards
+            peers = PeerRuntime(
+                services.peers,
+                services.leases,
+                cards,
+                services.settings.supervisor_interval_s,
+                services.settings.max_payload_bytes,
+            )
+            group.start_soon(peers.run)
         try:
             yield
         finally:
             services.agents.runner = None
+            services.agents.peers = None
             services.signals.close()
             services.lock_signals.close()
             group.cancel_scope.cancel()

@@ -19,6 +19,7 @@ from server.services.fleet import FleetService
 from server.services.gate import Gate
 from server.services.leases import LeaseService
 from server.services.locks import LockService
+from server.services.peers import PeerService
 from server.services.pricing import PriceTable
 from server.services.profiles import ProfileRegistry, shipped_profiles_dir
 from server.services.rate_limits import RateLimiter
@@ -53,6 +54,7 @@ class Services:
     tokens: TokenService
     approvals: ApprovalService
     supervision: SupervisionService
+    peers: PeerService
     autoscaling: AutoscaleService
 
     def close(self) -> None:
@@ -115,5 +117,6 @@ def build_services(
         tokens=TokenService(db, clock),
         approvals=ApprovalService(db, clock, signals),
         supervision=SupervisionService(db, clock, profiles, leases, locks, settings.resolved_replica_id),
+        peers=PeerService(db, clock, profiles, leases, locks, settings.resolved_replica_id),
         autoscaling=AutoscaleService(db, clock, agents, profiles.autoscaled()),
     )
