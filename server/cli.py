@@ -11,11 +11,11 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from server import __version__
-from server.admin_token import AdminToken, ensure_admin_token
 from server.errors import FleetError
-from server.settings import Settings, load_settings
 
 if TYPE_CHECKING:
+    from server.admin_token import AdminToken
+    from server.settings import Settings
     from server.store.database import Database
 
 log = logging.getLogger("agentfleet")
@@ -84,6 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _settings(args: argparse.Namespace) -> Settings:
+    from server.settings import load_settings  # not at import: `agentfleet worker` starts without it
+
     return load_settings(
         data_dir=args.data_dir,
         database_url=args.database_url,
@@ -118,6 +120,7 @@ def _announce(settings: Settings, admin: AdminToken, stdio: bool) -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     import anyio
 
+    from server.admin_token import ensure_admin_token
     from server.metrics import Metrics
     from server.services.container import build_services
     from tools import build_mcp
