@@ -87,9 +87,20 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{_template}" WITH (FORCE)'))
         admin.dispose()
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:  # a pytest-xdist worker: the controller adds the counts up
+        workeroutput["pg_tests_run"] = _pg_tests_run
+        return
     if REQUIRE_PG and _pg_tests_run == 0 and exitstatus in (0, 1) and session.testscollected:
         print("\nAGENTFLEET_REQUIRE_POSTGRES=1 but no PostgreSQL test ran: failing the run")
         session.exitstatus = 3
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: object, error: object) -> None:
+    """pytest-xdist: a worker finished; count its PostgreSQL tests toward AGENTFLEET_REQUIRE_POSTGRES."""
+    global _pg_tests_run
+    _pg_tests_run += getattr(node, "workeroutput", {}).get("pg_tests_run", 0)
 
 
 STORES = [

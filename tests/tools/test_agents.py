@@ -174,14 +174,17 @@ async def test_concurrent_spawns_on_two_service_instances_never_pass_the_fleet_s
     outcomes: list[str] = []
     try:
 
-        async def spawn(n: int) -> None:
-            async with connector(replicas[n % 2])() as admin:
-                result = await admin.call_tool("agent_spawn", {"profile": "default"})
-                outcomes.append(result.content[0].text.split(":", 1)[0] if result.is_error else "spawned")
+        async def spawn(admin) -> None:
+            result = await admin.call_tool("agent_spawn", {"profile": "default"})
+            outcomes.append(result.content[0].text.split(":", 1)[0] if result.is_error else "spawned")
 
-        async with anyio.create_task_group() as group:
+        async with (
+            connector(replicas[0])() as first,
+            connector(replicas[1])() as second,
+            anyio.create_task_group() as group,
+        ):
             for n in range(24):
-                group.start_soon(spawn, n)
+                group.start_soon(spawn, (first, second)[n % 2])
         async with connector(replicas[0])() as admin:
             live = (await call(admin, "agent_list", limit=100))["agents"]
     finally:
