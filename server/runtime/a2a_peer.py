@@ -1,7 +1,8 @@
 """The `a2a` runtime: agents that stand for remote A2A agents (peers).
 
-`PeerCardFetcher` reads a peer's agent card; spawn turns the card's skills into the agent's
-capabilities. `PeerRuntime` runs on every server that serves HTTP: for each live a2a agent assigned
+`PeerCardFetcher` (server/runtime/a2a_card.py) reads a peer's agent card; spawn turns the card's
+skills into the agent's capabilities. server/runtime/a2a_results.py converts tasks to messages and
+artifacts to results. `PeerRuntime` runs on every server that serves HTTP: for each live a2a agent assigned
 to this replica it keeps one driver that claims work as the agent and hands each task to the peer.
 The store side (which agents, heard from, unreachable) is server/services/peers.py.
 
@@ -47,14 +48,10 @@ every heartbeat_timeout_s/3 (1-20 s), so a silent peer is noticed before the age
 
 from __future__ import annotations
 
-import base64
 import logging
 import math
-import os
-import re
 import time
-import unicodedata
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Awaitable
 from contextlib import aclosing, suppress
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -62,16 +59,12 @@ from typing import Any, TypeVar
 import anyio
 import httpx
 from a2a.client import A2AClientTimeoutError, Client, ClientCallContext, ClientConfig, create_client
-from a2a.client.card_resolver import parse_agent_card
-from a2a.helpers import get_message_text, new_data_part, new_message, new_text_part
+from a2a.helpers import get_message_text
 from a2a.types import (
-    AgentCard,
     Artifact,
     CancelTaskRequest,
     GetTaskRequest,
     Message,
-    Part,
-    Role,
     SendMessageRequest,
     StreamResponse,
     Task,
@@ -79,22 +72,21 @@ from a2a.types import (
     TaskState,
     TaskStatus,
 )
-from a2a.utils.constants import AGENT_CARD_WELL_KNOWN_PATH
 from a2a.utils.errors import A2AError
 from anyio.abc import TaskGroup
-from google.protobuf.json_format import MessageToDict, ParseError
+from google.protobuf.json_format import ParseError
 
-from server.domain.capabilities import CAPABILITY, MAX_CAPABILITIES
 from server.domain.task_spec import payload_size
 from server.domain.views import TaskView
 from server.errors import Conflict, FleetError, InvalidInput, LeaseExpired, NotFound, PermissionDenied, Unavailable
+from server.runtime.a2a_card import BINDINGS, CARD_TIMEOUT_S, ERROR_CHARS, PeerCardFetcher, describe_error
+from server.runtime.a2a_results import result_of, task_message
 from server.services.leases import LeaseService
 from server.services.peers import PeerAgent, PeerService
 
 log = logging.getLogger("agentfleet.peers")
 T = TypeVar("T")
 
-CARD_TIMEOUT_S = 5.0
 CALL_TIMEOUT_S = 10.0  # every call but the streamed SendMessage, which may stay quiet for long
 RETRY_FIRST_S = 1.0
 RETRY_CAP_S = 30.0
@@ -104,9 +96,7 @@ HEARD_EVERY_S = 1.0
 CLEANUP_S = 3.0  # CancelTask and the report when a driver stops
 AT_CAPACITY_PAUSE_S = 1.0
 PING_TASK_ID = "agentfleet-ping"
-BINDINGS = ["JSONRPC", "HTTP+JSON"]
 GATEWAY_ERRORS = frozenset({502, 503, 504})
-ERROR_CHARS = 2000
 NOTE_CHARS = 200
 
 _STOP = frozenset(
@@ -120,7 +110,6 @@ _STOP = frozenset(
     }
 )
 _INTERRUPTED = frozenset({TaskState.TASK_STATE_INPUT_REQUIRED, TaskState.TASK_STATE_AUTH_REQUIRED})
-_NOT_CAPABILITY = re.compile(r"[^a-z0-9_.:-]+")
 
 
 class PeerUnreachable(Exception):
@@ -131,145 +120,12 @@ class PeerRefused(Exception):
     """The peer answered, with an error."""
 
 
-# -- cards -------------------------------------------------------------------------------------
-def capability_name(raw: str) -> str | None:
-    """A skill id or tag in this project's capability syntax, or None if nothing valid is left:
-    ASCII-folded, lowercase, runs of other characters as '-', trimmed to 64 characters."""
-    folded = unicodedata.normalize("NFKD", raw).encode("ascii", "ignore").decode().lower()
-    name = _NOT_CAPABILITY.sub("-", folded.strip()).strip("-_.:")[:64].rstrip("-_.:")
-    return name if CAPABILITY.match(name) else None
-
-
-def card_capabilities(card: AgentCard) -> list[str]:
-    """The card's skill ids, then its skill tags, as capabilities (at most 64, sorted)."""
-    found: dict[str, None] = {}
-    for raw in [*(skill.id for skill in card.skills), *(tag for skill in card.skills for tag in skill.tags)]:
-        name = capability_name(raw)
-        if name is not None:
-            found.setdefault(name)
-    return sorted(list(found)[:MAX_CAPABILITIES])
-
-
-class PeerCardFetcher:
-    """Reads agent cards (AgentService.spawn's PeerCards, and the runtime's reconnects)."""
-
-    def __init__(self, environ: Mapping[str, str] | None = None, timeout_s: float = CARD_TIMEOUT_S) -> None:
-        self._environ = os.environ if environ is None else environ
-        self.timeout_s = timeout_s
-
-    def headers(self, token_env: str | None) -> dict[str, str]:
-        """The bearer header for the peer, from the server environment variable token_env names."""
-        if token_env is None:
-            return {}
-        token = self._environ.get(token_env)
-        if not token:
-            raise InvalidInput(f"the profile's a2a.token_env names {token_env}, unset in the server's environment")
-        return {"Authorization": f"Bearer {token}"}
-
-    async def capabilities(self, url: str, token_env: str | None) -> list[str]:
-        return card_capabilities(await self.card(url, token_env))
-
-    async def card(self, url: str, token_env: str | None) -> AgentCard:
-        headers = self.headers(token_env)
-        async with httpx.AsyncClient(headers=headers, timeout=self.timeout_s, follow_redirects=True) as http:
-            return await self.read(http, url)
-
-    async def read(self, http: httpx.AsyncClient, url: str) -> AgentCard:
-        """GET <url>/.well-known/agent-card.json: Unavailable if nobody answers (or a server error),
-        InvalidInput if what answers is not an A2A agent card we can talk to."""
-        where = url.rstrip("/") + AGENT_CARD_WELL_KNOWN_PATH
-        try:
-            response = await http.get(where, timeout=self.timeout_s)
-        except httpx.TransportError as exc:  # refused, reset, timed out, bad TLS
-            raise Unavailable(f"the A2A agent at {url} cannot be reached: {_describe(exc)}") from exc
-        code = response.status_code
-        if code >= 500:
-            raise Unavailable(f"the A2A agent at {url} answered HTTP {code} for its card")
-        if code in (401, 403):
-            raise InvalidInput(
-                f"GET {where} answered HTTP {code}: the card needs credentials; put a token in an "
-                "environment variable of the server and name it in the profile's a2a.token_env"
-            )
-        if code != 200:
-            raise InvalidInput(f"{url} serves no A2A agent card: GET {where} answered HTTP {code}")
-        try:
-            card = parse_agent_card(response.json())
-        except (ValueError, ParseError) as exc:  # not JSON (ValueError), or not a card
-            raise InvalidInput(f"{where} is not an A2A agent card: {_describe(exc)}") from exc
-        if not card.name or not card.supported_interfaces:
-            raise InvalidInput(f"{where} is not an A2A agent card: it names no agent or no interface")
-        if not any(i.protocol_binding in BINDINGS for i in card.supported_interfaces):
-            offered = sorted({i.protocol_binding for i in card.supported_interfaces})
-            raise InvalidInput(f"the A2A agent at {url} offers {offered}; agentfleet speaks {BINDINGS}")
-        return card
-
-
-# -- messages and results ----------------------------------------------------------------------
-def task_message(task: TaskView) -> Message:
-    """Our task as the user message of a SendMessage."""
-    parts = [new_data_part({"type": task.type, "payload": task.payload})]
-    payload = task.payload
-    text = payload if isinstance(payload, str) else None
-    if isinstance(payload, dict) and list(payload) == ["text"] and isinstance(payload["text"], str):
-        text = payload["text"]
-    if text:
-        parts.append(new_text_part(text))
-    message = new_message(parts, role=Role.ROLE_USER)
-    message.metadata.update({"agentfleet_task_id": task.id, "agentfleet_attempt": task.attempts})
-    return message
-
-
-def _restore_ints(value: Any) -> Any:
-    """protobuf Value stores numbers as doubles; give whole numbers their integer type back."""
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, list):
-        return [_restore_ints(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _restore_ints(v) for k, v in value.items()}
-    return value
-
-
-def _part(part: Part) -> dict[str, Any]:
-    kind = part.WhichOneof("content")
-    if kind == "text":
-        return {"text": part.text}
-    if kind == "data":
-        return {"data": _restore_ints(MessageToDict(part.data))}
-    body: dict[str, Any] = {}
-    if kind == "url":
-        body["url"] = part.url
-    elif kind == "raw":
-        body["raw"] = base64.b64encode(part.raw).decode()
-    if part.media_type:
-        body["media_type"] = part.media_type
-    if part.filename:
-        body["filename"] = part.filename
-    return body
-
-
-def result_of(artifacts: Sequence[Artifact]) -> Any:
-    """The task result from the peer's artifacts (see the module docstring for the shape)."""
-    parts = [part for artifact in artifacts for part in artifact.parts]
-    if len(parts) == 1 and parts[0].HasField("data"):
-        return _restore_ints(MessageToDict(parts[0].data))
-    return {
-        "artifacts": [{"name": a.name or None, "parts": [_part(p) for p in a.parts]} for a in artifacts],
-        "text": "\n".join(p.text for p in parts if p.HasField("text")),
-    }
-
-
 def _state_name(state: int) -> str:
     return TaskState.Name(state).removeprefix("TASK_STATE_").lower().replace("_", "-")
 
 
 def _status_text(status: TaskStatus) -> str:
     return get_message_text(status.message).strip() if status.HasField("message") else ""
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text[:ERROR_CHARS]
 
 
 def _transport_failure(exc: BaseException) -> bool:
@@ -285,7 +141,7 @@ def _transport_failure(exc: BaseException) -> bool:
 
 
 def _failure(exc: BaseException) -> PeerUnreachable | PeerRefused:
-    return PeerUnreachable(_describe(exc)) if _transport_failure(exc) else PeerRefused(_describe(exc))
+    return PeerUnreachable(describe_error(exc)) if _transport_failure(exc) else PeerRefused(describe_error(exc))
 
 
 def _call_context() -> ClientCallContext:

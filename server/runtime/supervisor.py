@@ -40,12 +40,14 @@ class Supervisor:
         self._ticks = 0
 
     def runner(self) -> Runner:
-        return Runner(
-            replica_id=self._store.replica_id,
-            data_dir=self._settings.data_dir,
-            wake=self.wake,
-            tails=process.log_tail,
-        )
+        return Runner(replica_id=self._store.replica_id, wake=self.wake, log_tails=self._log_tails)
+
+    def _log_tails(self, agent_id: str) -> dict[str, str | None]:
+        home = process.agent_home(self._settings.data_dir, agent_id)
+        return {
+            "stdout": process.log_tail(home, process.STDOUT_LOG),
+            "stderr": process.log_tail(home, process.STDERR_LOG),
+        }
 
     def wake(self) -> None:
         self._doorbell.set()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
 import anyio
@@ -57,13 +56,12 @@ class PeerCards(Protocol):
 
 @dataclass(frozen=True)
 class Runner:
-    """This server runs process agents: its replica id, where their homes are, how to wake the
-    supervisor when one is due to start."""
+    """This server runs process agents: its replica id, how to wake the supervisor when one is due
+    to start or stop, and the ends of an agent's logs ({"stdout": …, "stderr": …})."""
 
     replica_id: str
-    data_dir: Path
     wake: Callable[[], None]
-    tails: Callable[[Path, str], str | None]
+    log_tails: Callable[[str], dict[str, str | None]]
 
 
 @dataclass(frozen=True)
@@ -347,8 +345,7 @@ class AgentService:
         runner = self.runner
         if row.runtime != Runtime.PROCESS or runner is None or row.replica_id != runner.replica_id:
             return None
-        home = runner.data_dir / "agents" / row.id
-        return {"stdout": runner.tails(home, "stdout.log"), "stderr": runner.tails(home, "stderr.log")}
+        return runner.log_tails(row.id)
 
     async def list(
         self,
