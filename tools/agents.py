@@ -119,11 +119,8 @@ def register(mcp: MCPServer) -> None:
         `stopping` while it drains (it claims nothing more), then terminated when its process
         exits; the call waits up to wait_s for that and lists any still stopping."""
         principal = await caller(ctx, reason)
-        agents = services_of(ctx).agents
-        ended, stopping = await agents.terminate(principal, agent_id, cascade, graceful)
-        still = await agents.wait_ended(stopping, wait_s) if stopping else []
-        done = [*ended, *[a for a in stopping if a not in still]]
-        return TerminatedAgents(terminated=done, stopping=still)
+        ended, stopping = await services_of(ctx).agents.terminate(principal, agent_id, cascade, graceful, wait_s)
+        return TerminatedAgents(terminated=ended, stopping=stopping)
 
     @mcp.tool(annotations=DESTRUCTIVE)
     async def agent_restart(ctx: FleetContext, agent_id: AgentId, reason: Reason = None) -> AgentView:

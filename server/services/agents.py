@@ -379,16 +379,25 @@ class AgentService:
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def terminate(
-        self, principal: Principal, agent_id: str, cascade: bool = True, graceful: bool = True
+        self,
+        principal: Principal,
+        agent_id: str,
+        cascade: bool = True,
+        graceful: bool = True,
+        wait_s: float = 0,
     ) -> tuple[list[str], list[str]]:
         """End the agent (and its live descendants). A process agent whose process runs is
         `stopping` first: it claims nothing more, gets SIGTERM (or, not graceful, SIGKILL) from its
-        supervisor, and is terminated when the process is gone. Returns (terminated, stopping)."""
+        supervisor, and is terminated when the process is gone, which this waits up to wait_s for.
+        Returns (terminated, still stopping)."""
         ended, stopping, released = await self._db.write(self._terminate_tx, principal, agent_id, cascade, graceful)
         self._leases.announce_requeued(released)
-        if stopping and self.runner is not None:
+        if not stopping:
+            return ended, []
+        if self.runner is not None:
             self.runner.wake()
-        return ended, stopping
+        still = await self._wait_ended(stopping, wait_s) if wait_s > 0 else stopping
+        return [*ended, *[a for a in stopping if a not in still]], still
 
     def _terminate_tx(
         self, conn: Connection, principal: Principal, agent_id: str, cascade: bool, graceful: bool
@@ -460,7 +469,7 @@ class AgentService:
             ).scalars()
         )
 
-    async def wait_ended(self, agent_ids: list[str], timeout_s: float, poll_s: float = 0.1) -> list[str]:
+    async def _wait_ended(self, agent_ids: list[str], timeout_s: float, poll_s: float = 0.1) -> list[str]:
         """Wait until these agents are terminated (or the time is up); the ones still not ended."""
         waiting = list(agent_ids)
         with anyio.move_on_after(timeout_s):
