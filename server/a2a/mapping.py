@@ -26,19 +26,19 @@ STATE_OF: dict[str, int] = {
 SPEC_FIELDS = set(TaskSpec.model_fields) - {"pinned_agent_id"}
 
 
-def _restore_ints(value: Any) -> Any:
+def restore_ints(value: Any) -> Any:
     """protobuf Value stores numbers as doubles; give whole numbers their integer type back."""
     if isinstance(value, float) and value.is_integer():
         return int(value)
     if isinstance(value, list):
-        return [_restore_ints(v) for v in value]
+        return [restore_ints(v) for v in value]
     if isinstance(value, dict):
-        return {k: _restore_ints(v) for k, v in value.items()}
+        return {k: restore_ints(v) for k, v in value.items()}
     return value
 
 
 def spec_from_message(message: Message) -> TaskSpec:
-    data = [_restore_ints(d) for d in get_data_parts(message.parts)]
+    data = [restore_ints(d) for d in get_data_parts(message.parts)]
     if data:
         body = data[0]
         if not isinstance(body, dict):

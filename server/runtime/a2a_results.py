@@ -12,6 +12,7 @@ from a2a.helpers import new_data_part, new_message, new_text_part
 from a2a.types import Artifact, Message, Part, Role
 from google.protobuf.json_format import MessageToDict
 
+from server.a2a.mapping import restore_ints
 from server.domain.views import TaskView
 
 
@@ -29,23 +30,12 @@ def task_message(task: TaskView) -> Message:
     return message
 
 
-def _restore_ints(value: Any) -> Any:
-    """protobuf Value stores numbers as doubles; give whole numbers their integer type back."""
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, list):
-        return [_restore_ints(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _restore_ints(v) for k, v in value.items()}
-    return value
-
-
 def _part(part: Part) -> dict[str, Any]:
     kind = part.WhichOneof("content")
     if kind == "text":
         return {"text": part.text}
     if kind == "data":
-        return {"data": _restore_ints(MessageToDict(part.data))}
+        return {"data": restore_ints(MessageToDict(part.data))}
     body: dict[str, Any] = {}
     if kind == "url":
         body["url"] = part.url
@@ -62,7 +52,7 @@ def result_of(artifacts: Sequence[Artifact]) -> Any:
     """The task result from the peer's artifacts (see the module docstring for the shape)."""
     parts = [part for artifact in artifacts for part in artifact.parts]
     if len(parts) == 1 and parts[0].HasField("data"):
-        return _restore_ints(MessageToDict(parts[0].data))
+        return restore_ints(MessageToDict(parts[0].data))
     return {
         "artifacts": [{"name": a.name or None, "parts": [_part(p) for p in a.parts]} for a in artifacts],
         "text": "\n".join(p.text for p in parts if p.HasField("text")),
