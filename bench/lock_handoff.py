@@ -80,7 +80,7 @@ PARTS = ("inproc", "mcp")
 
 async def _wait_parked(services: Any, waiter: asyncio.Task[Any], settle_s: float) -> None:
     """Until the waiter's request is watched for a wake-up (it is queued in the store and waiting),
-    then settle_s more. Peeks at LockSignals' private registry: the bench's only way to see a
+    then settle_s more. Peeks at KeyedSignals' private registry: the bench's only way to see a
     parked waiter without adding reads to the store."""
     deadline = time.monotonic() + PARK_DEADLINE_S
     watchers = services.lock_signals._watchers

@@ -57,6 +57,9 @@ class Settings:
     agent_log_max_bytes: int = 1024 * 1024
     # How often the supervisor checks its processes, restarts and scaling.
     supervisor_interval_s: float = 0.5
+    # How long a blocking A2A SendMessage waits for a final state before answering with the task
+    # as it stands (kept under common HTTP client timeouts; streams and GetTask follow on).
+    a2a_block_s: float = 3.0
 
     @property
     def resolved_database_url(self) -> str:
@@ -134,9 +137,12 @@ def load_settings(env: Mapping[str, str] | None = None, **flags: Any) -> Setting
         replica_id=text("REPLICA_ID"),
         agent_log_max_bytes=_int(env, "AGENT_LOG_BYTES", 1024 * 1024),
         supervisor_interval_s=_float(env, "SUPERVISOR_INTERVAL_S", 0.5),
+        a2a_block_s=_float(env, "A2A_BLOCK_S", 3.0),
     )
     if from_env.rate_limit_burst < 1:
         raise InvalidInput(f"{ENV_PREFIX}RATE_LIMIT_BURST must be at least 1, got {from_env.rate_limit_burst}")
+    if from_env.a2a_block_s < 0:
+        raise InvalidInput(f"{ENV_PREFIX}A2A_BLOCK_S must be 0 or more, got {from_env.a2a_block_s}")
     if from_env.max_agents < 1:
         raise InvalidInput(f"{ENV_PREFIX}MAX_AGENTS must be at least 1, got {from_env.max_agents}")
     if from_env.agent_log_max_bytes < 4096:

@@ -303,14 +303,17 @@ def serve(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ServeFacto
     started.close()
 
 
+def _store_url(kind: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Callable[[], None]]:
+    if kind == "sqlite":
+        return f"sqlite:///{tmp_path_factory.mktemp('store') / 'agentfleet.db'}", lambda: None
+    conftest._pg_tests_run += 1  # noqa: SLF001 - keeps AGENTFLEET_REQUIRE_POSTGRES honest
+    return conftest._fresh_pg_database()  # noqa: SLF001
+
+
 @pytest.fixture(scope="session", params=STORES)
 def shared_database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Like tests.conftest's `database_url`, but one store per test session (and store kind)."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path_factory.mktemp('shared-store') / 'agentfleet.db'}"
-        return
-    conftest._pg_tests_run += 1  # noqa: SLF001 - keeps AGENTFLEET_REQUIRE_POSTGRES honest
-    url, drop = conftest._fresh_pg_database()  # noqa: SLF001
+    url, drop = _store_url(request.param, tmp_path_factory)
     yield url
     drop()
 
@@ -325,3 +328,14 @@ def shared_fleet(
     started = _Started(request, tmp_path_factory.mktemp("shared-fleet"), prefix="shared")
     yield started.start(shared_database_url)
     started.close()
+
+
+@pytest.fixture(scope="module", params=STORES)
+def module_fleet(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[FleetServer]:
+    """One server per test module and store kind, on a store of its own, with the test profiles
+    (tests/profiles) besides the shipped ones: for tests whose agents must claim only their own work."""
+    url, drop = _store_url(request.param, tmp_path_factory)
+    started = _Started(request, tmp_path_factory.mktemp("module-fleet"), prefix="module")
+    yield started.start(url, env={"AGENTFLEET_PROFILES_DIR": str(conftest.TEST_PROFILES)})
+    started.close()
+    drop()

@@ -23,6 +23,13 @@ STATE_OF: dict[str, int] = {
     TaskStatus.DEAD: TaskState.TASK_STATE_FAILED,
     TaskStatus.CANCELLED: TaskState.TASK_STATE_CANCELED,
 }
+
+
+def statuses_for(state: int) -> list[str]:
+    """The orchestrator statuses an A2A state stands for (ListTasks' status filter)."""
+    return [status.value for status, mirrored in STATE_OF.items() if mirrored == state]
+
+
 SPEC_FIELDS = set(TaskSpec.model_fields) - {"pinned_agent_id"}
 
 
@@ -67,15 +74,34 @@ def result_artifact(view: TaskView) -> Artifact:
     return artifact
 
 
+def status_text(view: TaskView) -> str | None:
+    """What the A2A status message says: why it waits, how far it got, or why it ended."""
+    if view.status == TaskStatus.PENDING_APPROVAL and view.approval is not None:
+        reasons = "; ".join(view.approval.reasons)
+        return f"waiting for approval {view.approval.id} (an approver decides with approval_decide): {reasons}"
+    if view.status == TaskStatus.RUNNING and (view.progress is not None or view.progress_message):
+        done = f"{view.progress}%" if view.progress is not None else ""
+        return " ".join(part for part in (done, view.progress_message or "") if part)
+    if view.status == TaskStatus.QUEUED and view.attempts:
+        return f"attempt {view.attempts} of {view.max_attempts} ended ({view.error or 'released'}); queued again"
+    if view.status in (TaskStatus.FAILED, TaskStatus.DEAD, TaskStatus.CANCELLED) and view.error:
+        return view.error
+    return None
+
+
 def mirror(task: Task, view: TaskView) -> Task:
     """The stored A2A task with the orchestrator task's current state laid over it."""
     task.status.state = STATE_OF[view.status]
     task.status.timestamp.FromJsonString(view.updated_at)
-    if view.status in (TaskStatus.FAILED, TaskStatus.DEAD, TaskStatus.CANCELLED) and view.error:
-        task.status.message.CopyFrom(
-            Message(message_id=f"{view.id}-status", role=Role.ROLE_AGENT, parts=[new_text_part(view.error)])
-        )
+    text = status_text(view)
+    if text is None:
+        task.status.ClearField("message")
+    else:
+        message_id = f"{view.id}-{view.status}-{view.attempts}"
+        task.status.message.CopyFrom(Message(message_id=message_id, role=Role.ROLE_AGENT, parts=[new_text_part(text)]))
     if view.status == TaskStatus.COMPLETED and not task.artifacts:
         task.artifacts.append(result_artifact(view))
-    task.metadata.update({"orchestrator_status": view.status, "attempts": view.attempts})
+    task.metadata.update(
+        {"orchestrator_status": view.status, "attempts": view.attempts, "cancel_requested": view.cancel_requested}
+    )
     return task

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-from a2a.server.agent_execution import SimpleRequestContextBuilder
 from a2a.server.context import ServerCallContext
-from a2a.server.request_handlers import DefaultRequestHandler
 from a2a.server.routes import DefaultServerCallContextBuilder, create_agent_card_routes, create_jsonrpc_routes
 from starlette.requests import Request
 from starlette.routing import BaseRoute
 
+from server.a2a.caller import PRINCIPAL_KEY
 from server.a2a.card import build_card
-from server.a2a.executor import PRINCIPAL_KEY, OrchestratorExecutor, TaskIdGenerator
-from server.a2a.gated_handler import GatedRequestHandler
-from server.a2a.task_store import OrchestratorTaskStore
+from server.a2a.handler import FleetRequestHandler
 from server.http.bearer import principal_from
 from server.services.container import Services
 
@@ -28,16 +25,9 @@ class PrincipalContextBuilder(DefaultServerCallContextBuilder):
         return ctx
 
 
-def a2a_routes(services: Services) -> tuple[list[BaseRoute], list[BaseRoute], DefaultRequestHandler]:
+def a2a_routes(services: Services) -> tuple[list[BaseRoute], list[BaseRoute], FleetRequestHandler]:
     """(public card routes, JSON-RPC routes to protect, the handler to close on shutdown)."""
     card = build_card(services.settings.base_url)
-    store = OrchestratorTaskStore(services)
-    handler = GatedRequestHandler(
-        services,
-        agent_executor=OrchestratorExecutor(services),
-        task_store=store,
-        agent_card=card,
-        request_context_builder=SimpleRequestContextBuilder(task_store=store, task_id_generator=TaskIdGenerator()),
-    )
+    handler = FleetRequestHandler(services)
     rpc = create_jsonrpc_routes(handler, rpc_url="/a2a", context_builder=PrincipalContextBuilder())
     return list(create_agent_card_routes(card)), list(rpc), handler

@@ -1,5 +1,5 @@
 """PostgreSQL LISTEN: work queued, or a lock granted, on another replica wakes the claimers and
-lock waiters parked on this one."""
+lock waiters parked on this one; a change to an A2A task, made anywhere, wakes its streams."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import anyio
 import psycopg
 
 from server.services.container import Services
-from server.store.dialect import LOCK_CHANNEL, TASK_CHANNEL, listen
+from server.store.dialect import LOCK_CHANNEL, TASK_CHANGE_CHANNEL, TASK_CHANNEL, listen
 
 log = logging.getLogger("agentfleet.notify")
 
@@ -19,12 +19,16 @@ async def listen_for_wakeups(services: Services) -> None:
     delay = 0.5
     while True:
         try:
-            async for channel, payload in listen(services.db.engine, [TASK_CHANNEL, LOCK_CHANNEL]):
-                if not channel:  # subscribed: anything queued while we were not is found by re-checks
+            channels = [TASK_CHANNEL, LOCK_CHANNEL, TASK_CHANGE_CHANNEL]
+            async for channel, payload in listen(services.db.engine, channels):
+                if not channel:  # subscribed: anything changed while we were not is found by re-checks
                     delay = 0.5
                     services.signals.wake_all()
+                    services.task_changes.wake_all()
                     continue
-                if channel == LOCK_CHANNEL:
+                if channel == TASK_CHANGE_CHANNEL:
+                    services.task_changes.wake([payload])
+                elif channel == LOCK_CHANNEL:
                     _deliver_grants(services, payload)
                 else:
                     _deliver(services, payload)

@@ -6,12 +6,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, delete, select, update
+from sqlalchemy import Connection, func, or_, select, update
 
 from server.clock import Clock
 from server.domain.principal import Principal
 from server.store.database import Database
-from server.store.tables import a2a_tasks
+from server.store.tables import a2a_tasks, tasks
+
+
+@dataclass(frozen=True)
+class RecordQuery:
+    limit: int
+    before: str | None = None  # the last id of the previous page
+    context_id: str | None = None
+    statuses: list[str] | None = None  # orchestrator statuses; None: any
+    include_rejected: bool = False
+    changed_after_us: int | None = None
 
 
 @dataclass(frozen=True)
@@ -52,30 +62,26 @@ class A2ARecordService:
             return None
         return A2ARecord(row.id, row.owner, row.context_id, row.body)
 
-    async def list(
-        self, principal: Principal, context_id: str | None, limit: int, before: str | None
-    ) -> list[A2ARecord]:
-        return await self._db.read(self._list_tx, principal, context_id, limit, before)
+    async def list(self, principal: Principal, query: RecordQuery) -> tuple[list[A2ARecord], int]:
+        """(one page, newest first; how many match in all)."""
+        return await self._db.read(self._list_tx, principal, query)
 
     @staticmethod
-    def _list_tx(
-        conn: Connection, principal: Principal, context_id: str | None, limit: int, before: str | None
-    ) -> list[A2ARecord]:
-        query = select(a2a_tasks).order_by(a2a_tasks.c.id.desc()).limit(limit)
+    def _list_tx(conn: Connection, principal: Principal, query: RecordQuery) -> tuple[list[A2ARecord], int]:
+        joined = a2a_tasks.outerjoin(tasks, tasks.c.id == a2a_tasks.c.id)
+        where = []
         if not principal.is_admin:
-            query = query.where(a2a_tasks.c.owner == principal.id)
-        if context_id:
-            query = query.where(a2a_tasks.c.context_id == context_id)
-        if before:
-            query = query.where(a2a_tasks.c.id < before)
-        return [A2ARecord(r.id, r.owner, r.context_id, r.body) for r in conn.execute(query)]
-
-    async def delete(self, principal: Principal, task_id: str) -> None:
-        await self._db.write(self._delete_tx, principal, task_id)
-
-    @staticmethod
-    def _delete_tx(conn: Connection, principal: Principal, task_id: str) -> None:
-        query = delete(a2a_tasks).where(a2a_tasks.c.id == task_id)
-        if not principal.is_admin:
-            query = query.where(a2a_tasks.c.owner == principal.id)
-        conn.execute(query)
+            where.append(a2a_tasks.c.owner == principal.id)
+        if query.context_id:
+            where.append(a2a_tasks.c.context_id == query.context_id)
+        if query.statuses is not None:
+            # A record with no orchestrator task behind it was rejected at submit.
+            rejected = [tasks.c.id.is_(None)] if query.include_rejected else []
+            where.append(or_(tasks.c.status.in_(query.statuses), *rejected))
+        if query.changed_after_us is not None:
+            where.append(func.coalesce(tasks.c.updated_at, a2a_tasks.c.updated_at) > query.changed_after_us)
+        total = conn.execute(select(func.count()).select_from(joined).where(*where)).scalar_one()
+        page = select(a2a_tasks).select_from(joined).where(*where).order_by(a2a_tasks.c.id.desc()).limit(query.limit)
+        if query.before:
+            page = page.where(a2a_tasks.c.id < query.before)
+        return [A2ARecord(r.id, r.owner, r.context_id, r.body) for r in conn.execute(page)], total

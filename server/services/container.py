@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from server.clock import Clock, SystemClock
@@ -23,7 +24,7 @@ from server.services.peers import PeerService
 from server.services.pricing import PriceTable
 from server.services.profiles import ProfileRegistry, shipped_profiles_dir
 from server.services.rate_limits import RateLimiter
-from server.services.signals import LockSignals, TaskSignals
+from server.services.signals import KeyedSignals, TaskSignals
 from server.services.supervision import SupervisionService
 from server.services.tasks import TaskService
 from server.services.tokens import TokenService
@@ -45,7 +46,8 @@ class Services:
     locks: LockService
     budgets: BudgetService
     signals: TaskSignals
-    lock_signals: LockSignals
+    lock_signals: KeyedSignals
+    task_changes: KeyedSignals
     fleet: FleetService
     a2a_records: A2ARecordService
     audit: AuditService
@@ -60,6 +62,7 @@ class Services:
     def close(self) -> None:
         self.signals.close()
         self.lock_signals.close()
+        self.task_changes.close()
         self.db.dispose()
 
 
@@ -68,6 +71,17 @@ def load_profiles(settings: Settings) -> ProfileRegistry:
     if settings.profiles_dir is not None:
         folders.append(settings.profiles_dir)
     return ProfileRegistry.load(folders)
+
+
+def _wake_followers(task_changes: KeyedSignals) -> Callable[[], None]:
+    """SQLite cannot say which task a write changed: any committed write wakes every follower,
+    and each re-reads its task's state."""
+
+    def wake() -> None:
+        if task_changes.watched:
+            task_changes.wake_all()
+
+    return wake
 
 
 def build_services(
@@ -79,7 +93,10 @@ def build_services(
     if run_migrations:
         migrate.upgrade(db.engine)
     signals = TaskSignals()
-    lock_signals = LockSignals()
+    lock_signals = KeyedSignals()
+    task_changes = KeyedSignals()
+    if db.is_sqlite:
+        db.after_each_write = _wake_followers(task_changes)
     access = AccessPolicy(profiles)
     audit = AuditService(db, clock)
     locks = LockService(db, clock, lock_signals, signals, settings.claim_recheck_s, access)
@@ -109,6 +126,7 @@ def build_services(
         budgets=budgets,
         signals=signals,
         lock_signals=lock_signals,
+        task_changes=task_changes,
         fleet=FleetService(db, clock),
         a2a_records=A2ARecordService(db, clock),
         audit=audit,

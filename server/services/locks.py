@@ -47,7 +47,7 @@ from server.services.lock_state import (
     obstacles,
     queue_position,
 )
-from server.services.signals import LockSignals, TaskSignals
+from server.services.signals import KeyedSignals, TaskSignals
 from server.services.tasks import announce_ready
 from server.store.database import Database, after_commit
 from server.store.dialect import LOCK_CHANNEL, notify
@@ -223,7 +223,7 @@ class LockService:
         self,
         db: Database,
         clock: Clock,
-        signals: LockSignals,
+        signals: KeyedSignals,
         task_signals: TaskSignals,
         recheck_s: float,
         access: AccessPolicy,

@@ -89,34 +89,42 @@ class TaskSignals:
         self.wake_all()
 
 
-class LockSignals:
-    """In-process wake-ups for lock requests waiting in the queue, by lock id. The grant itself is
-    in the store (made by whoever freed the resources); waking only tells the waiter to look."""
+class KeyedSignals:
+    """In-process wake-ups by id: lock requests waiting in the queue (by lock id) and A2A streams
+    following a task (by task id). The truth is in the store (a grant made by whoever freed the
+    resources, a task's new state); waking only tells the watcher to look."""
 
     def __init__(self) -> None:
         self._watchers: dict[str, list[asyncio.Event]] = {}
         self.closed = False
 
+    @property
+    def watched(self) -> int:
+        return len(self._watchers)
+
     @contextmanager
-    def watch(self, lock_id: str) -> Iterator[asyncio.Event]:
+    def watch(self, key: str) -> Iterator[asyncio.Event]:
         event = asyncio.Event()
-        self._watchers.setdefault(lock_id, []).append(event)
+        self._watchers.setdefault(key, []).append(event)
         try:
             yield event
         finally:
-            events = self._watchers.get(lock_id, [])
+            events = self._watchers.get(key, [])
             if event in events:
                 events.remove(event)
             if not events:
-                self._watchers.pop(lock_id, None)
+                self._watchers.pop(key, None)
 
-    def wake(self, lock_ids: list[str]) -> None:
-        for lock_id in lock_ids:
-            for event in self._watchers.get(lock_id, []):
+    def wake(self, keys: list[str]) -> None:
+        for key in keys:
+            for event in self._watchers.get(key, []):
+                event.set()
+
+    def wake_all(self) -> None:
+        for events in self._watchers.values():
+            for event in events:
                 event.set()
 
     def close(self) -> None:
         self.closed = True
-        for events in self._watchers.values():
-            for event in events:
-                event.set()
+        self.wake_all()

@@ -283,6 +283,17 @@ class TaskService:
         return page, (_encode_cursor(page[-1].id) if len(rows) > limit else None)
 
     # -- cancel --------------------------------------------------------------------------------
+    async def mark(self, task_id: str) -> tuple[str, int, int | None, str | None] | None:
+        """(status, attempts, progress, progress message): what someone following a task compares
+        to see that it moved, in one primary-key read. None once the task is gone."""
+        return await self._db.read(self._mark_tx, task_id)
+
+    @staticmethod
+    def _mark_tx(conn: Connection, task_id: str) -> tuple[str, int, int | None, str | None] | None:
+        columns = (tasks.c.status, tasks.c.attempts, tasks.c.progress, tasks.c.progress_message)
+        row = conn.execute(select(*columns).where(tasks.c.id == task_id)).first()
+        return None if row is None else (row.status, row.attempts, row.progress, row.progress_message)
+
     async def cancel(self, principal: Principal, task_id: str, reason: str | None = None) -> TaskView:
         return await self._db.write(self._cancel_tx, principal, task_id, reason)
 

@@ -109,6 +109,9 @@ class Database:
         writers = 1 if self.dialect == "sqlite" else WRITE_THREADS_PG
         self._write_lane = ThreadPoolExecutor(writers, thread_name_prefix="store-write")
         self._read_lane = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="store-read")
+        # Called on the event loop after every committed write: how SQLite, which cannot say what
+        # changed, still wakes those following the store (A2A streams) without a timer.
+        self.after_each_write: Callable[[], None] | None = None
 
     @property
     def is_sqlite(self) -> bool:
@@ -127,6 +130,8 @@ class Database:
                 for last in conn.info.pop(_BEFORE_COMMIT):
                     last(conn)
                 callbacks: list[Callable[[], None]] = conn.info.pop(_AFTER_COMMIT)
+            if self.after_each_write is not None:
+                callbacks.append(self.after_each_write)
         except OperationalError as exc:
             raise Unavailable("the store is unreachable or busy; retry shortly") from exc
         for callback in callbacks:

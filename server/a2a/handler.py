@@ -1,0 +1,295 @@
+"""The A2A request handler: every operation goes through the same door as the MCP tools (role
+table, profile, rate limit; refusals audited), then onto the orchestrator's services. The A2A task
+id *is* the orchestrator task id; the store holds both, so any replica answers for any task, and
+streams follow the store (`follow.changes`) rather than an in-memory run of an executor."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import aclosing, suppress
+from typing import Any
+
+from a2a.helpers import new_text_part
+from a2a.server.context import ServerCallContext
+from a2a.server.events import Event
+from a2a.server.request_handlers.request_handler import RequestHandler, validate_request_params
+from a2a.types import (
+    AgentCard,
+    CancelTaskRequest,
+    GetTaskRequest,
+    ListTasksRequest,
+    ListTasksResponse,
+    Message,
+    Role,
+    SendMessageRequest,
+    SubscribeToTaskRequest,
+    Task,
+    TaskArtifactUpdateEvent,
+    TaskState,
+    TaskStatus,
+    TaskStatusUpdateEvent,
+)
+from a2a.utils.errors import (
+    InvalidParamsError,
+    InvalidRequestError,
+    PushNotificationNotSupportedError,
+    TaskNotCancelableError,
+    TaskNotFoundError,
+    UnsupportedOperationError,
+)
+from a2a.utils.task import apply_history_length, validate_history_length, validate_page_size
+
+from server.a2a.caller import principal_of
+from server.a2a.follow import changes
+from server.a2a.mapping import mirror, result_artifact, spec_from_message, statuses_for
+from server.domain.permissions import A2A_CANCEL, A2A_READ, A2A_SEND
+from server.domain.principal import Principal
+from server.domain.statuses import TaskStatus as Orchestrated
+from server.domain.views import TaskView
+from server.errors import Conflict, FleetError, InvalidInput, NotFound, Refusal
+from server.ids import TASK, new_id
+from server.services.a2a_records import RecordQuery
+from server.services.container import Services
+
+TERMINAL = frozenset(
+    {
+        TaskState.TASK_STATE_COMPLETED,
+        TaskState.TASK_STATE_FAILED,
+        TaskState.TASK_STATE_CANCELED,
+        TaskState.TASK_STATE_REJECTED,
+    }
+)
+DEFAULT_PAGE = 50
+MAX_PAGE = 100
+
+
+class FleetRequestHandler(RequestHandler):
+    def __init__(self, services: Services) -> None:
+        self._services = services
+
+    async def aclose(self) -> None:
+        """Streams end when the services close (`task_changes.close`); nothing else runs here."""
+
+    # -- the door ------------------------------------------------------------------------------
+    async def _admit(self, context: ServerCallContext, request: str, subject: str) -> Principal:
+        try:
+            principal = principal_of(context)
+        except FleetError as exc:
+            raise InvalidRequestError(message=str(exc)) from exc
+        try:
+            await self._services.gate.admit(principal, request)
+        except Refusal as exc:
+            await self._services.gate.refused(principal, request, {"task_id": subject}, exc)
+            raise InvalidRequestError(message=str(exc)) from exc
+        return principal
+
+    # -- reading -------------------------------------------------------------------------------
+    async def _stored(self, principal: Principal, task_id: str) -> tuple[Task, TaskView | None]:
+        """The caller's A2A task and the orchestrator task behind it (None if rejected at submit).
+        Someone else's task is not found: its existence is not the caller's business."""
+        record = await self._services.a2a_records.get(principal, task_id)
+        if record is None:
+            raise TaskNotFoundError(message=f"no task {task_id}")
+        task = Task.FromString(record.body)
+        try:
+            view = await self._services.tasks.get(principal, task_id)
+        except NotFound:
+            return task, None
+        return mirror(task, view), view
+
+    @validate_request_params
+    async def on_get_task(self, params: GetTaskRequest, context: ServerCallContext) -> Task:
+        principal = await self._admit(context, A2A_READ, params.id)
+        validate_history_length(params)
+        task, _ = await self._stored(principal, params.id)
+        return apply_history_length(task, params)
+
+    @validate_request_params
+    async def on_list_tasks(self, params: ListTasksRequest, context: ServerCallContext) -> ListTasksResponse:
+        principal = await self._admit(context, A2A_READ, "")
+        validate_history_length(params)
+        if params.HasField("page_size"):
+            validate_page_size(params.page_size)
+        size = min(params.page_size or DEFAULT_PAGE, MAX_PAGE)
+        query = RecordQuery(
+            limit=size + 1,
+            before=params.page_token or None,
+            context_id=params.context_id or None,
+            statuses=statuses_for(params.status) if params.status else None,
+            include_rejected=params.status == TaskState.TASK_STATE_REJECTED,
+            changed_after_us=(
+                params.status_timestamp_after.ToMicroseconds() if params.HasField("status_timestamp_after") else None
+            ),
+        )
+        records, total = await self._services.a2a_records.list(principal, query)
+        page = [(await self._stored(principal, r.id))[0] for r in records[:size]]
+        for task in page:
+            if not params.include_artifacts:
+                task.ClearField("artifacts")
+            task.CopyFrom(apply_history_length(task, params))
+        response = ListTasksResponse(tasks=page, page_size=size, total_size=total)
+        if len(records) > size:
+            response.next_page_token = records[size - 1].id
+        return response
+
+    # -- sending -------------------------------------------------------------------------------
+    async def _accept(self, principal: Principal, message: Message) -> tuple[Task, TaskView | None]:
+        if message.task_id:
+            return await self._follow_up(principal, message)
+        task_id = new_id(TASK)
+        context_id = message.context_id or task_id
+        stored = Message()
+        stored.CopyFrom(message)
+        stored.task_id, stored.context_id = task_id, context_id
+        task = Task(id=task_id, context_id=context_id, status=TaskStatus(state=TaskState.TASK_STATE_SUBMITTED))
+        task.history.append(stored)
+        try:
+            view: TaskView | None = await self._services.tasks.submit(
+                principal, spec_from_message(message), task_id=task_id
+            )
+        except FleetError as exc:
+            # Refused before anything was queued: the A2A task is rejected with the stable code.
+            task.status.state = TaskState.TASK_STATE_REJECTED
+            task.status.message.CopyFrom(
+                Message(message_id=f"{task_id}-rejected", role=Role.ROLE_AGENT, parts=[new_text_part(str(exc))])
+            )
+            view = None
+        else:
+            mirror(task, view)
+        await self._services.a2a_records.save(principal, task_id, context_id, task.SerializeToString())
+        return task, view
+
+    async def _follow_up(self, principal: Principal, message: Message) -> tuple[Task, TaskView | None]:
+        """A message naming an existing task is added to its history; the orchestrator task is
+        not re-run, and its state is what the answer reports."""
+        task, view = await self._stored(principal, message.task_id)
+        if message.context_id and message.context_id != task.context_id:
+            raise InvalidParamsError(
+                message=f"context {message.context_id} is not the context {task.context_id} of task {task.id}"
+            )
+        if task.status.state in TERMINAL:
+            raise UnsupportedOperationError(
+                message=f"task {task.id} is {TaskState.Name(task.status.state)}; send a new message for new work"
+            )
+        stored = Message()
+        stored.CopyFrom(message)
+        stored.context_id = task.context_id
+        task.history.append(stored)
+        await self._services.a2a_records.save(principal, task.id, task.context_id, task.SerializeToString())
+        return task, view
+
+    @validate_request_params
+    async def on_message_send(self, params: SendMessageRequest, context: ServerCallContext) -> Task:
+        principal = await self._admit(context, A2A_SEND, params.message.task_id)
+        validate_history_length(params.configuration)
+        task, view = await self._accept(principal, params.message)
+        if view is not None and not params.configuration.return_immediately:
+            task = await self._settled(principal, task, view)
+        return apply_history_length(task, params.configuration)
+
+    async def _settled(self, principal: Principal, task: Task, view: TaskView) -> Task:
+        """Block (at most AGENTFLEET_A2A_BLOCK_S) until the task is final or waits for input."""
+
+        async def until_settled() -> None:
+            async with aclosing(changes(self._services, principal, view)) as moves:
+                async for moved in moves:
+                    mirror(task, moved)
+                    if moved.status == Orchestrated.PENDING_APPROVAL:
+                        return
+
+        if task.status.state in TERMINAL or task.status.state == TaskState.TASK_STATE_INPUT_REQUIRED:
+            return task
+        # Past the wait, answer with the task as it stands; GetTask and SubscribeToTask follow on.
+        with suppress(TimeoutError):
+            await asyncio.wait_for(until_settled(), self._services.settings.a2a_block_s)
+        return task
+
+    @validate_request_params
+    async def on_message_send_stream(
+        self, params: SendMessageRequest, context: ServerCallContext
+    ) -> AsyncGenerator[Event]:
+        principal = await self._admit(context, A2A_SEND, params.message.task_id)
+        validate_history_length(params.configuration)
+        task, view = await self._accept(principal, params.message)
+        yield apply_history_length(task, params.configuration)
+        if view is not None:
+            async for event in self._transitions(principal, task, view):
+                yield event
+
+    @validate_request_params
+    async def on_subscribe_to_task(
+        self, params: SubscribeToTaskRequest, context: ServerCallContext
+    ) -> AsyncGenerator[Event]:
+        principal = await self._admit(context, A2A_READ, params.id)
+        task, view = await self._stored(principal, params.id)
+        if view is None or task.status.state in TERMINAL:
+            raise UnsupportedOperationError(
+                message=f"task {params.id} is {TaskState.Name(task.status.state)}: nothing more will happen"
+            )
+        yield task
+        async for event in self._transitions(principal, task, view):
+            yield event
+
+    async def _transitions(self, principal: Principal, task: Task, seen: TaskView) -> AsyncIterator[Event]:
+        """A status event for each change of the orchestrator task, as the store reports it;
+        the result artifact just before `completed`. The stream ends with a final state."""
+        state = task.status.state
+        async with aclosing(changes(self._services, principal, seen)) as views:
+            async for view in views:
+                if view.status == Orchestrated.COMPLETED:
+                    if state != TaskState.TASK_STATE_WORKING:
+                        # Only a running task can complete; it ran and finished between two looks.
+                        yield self._status(task, view, TaskState.TASK_STATE_WORKING)
+                    yield TaskArtifactUpdateEvent(
+                        task_id=task.id, context_id=task.context_id, artifact=result_artifact(view), last_chunk=True
+                    )
+                event = self._status(task, view)
+                state = event.status.state
+                yield event
+
+    @staticmethod
+    def _status(task: Task, view: TaskView, state: int | None = None) -> TaskStatusUpdateEvent:
+        mirrored = Task()
+        mirrored.CopyFrom(task)
+        mirror(mirrored, view)
+        event = TaskStatusUpdateEvent(task_id=task.id, context_id=task.context_id, status=mirrored.status)
+        event.metadata.update(mirrored.metadata)
+        if state is not None:
+            event.status.state = state
+            event.status.ClearField("message")
+        return event
+
+    # -- cancelling ----------------------------------------------------------------------------
+    @validate_request_params
+    async def on_cancel_task(self, params: CancelTaskRequest, context: ServerCallContext) -> Task:
+        principal = await self._admit(context, A2A_CANCEL, params.id)
+        task, view = await self._stored(principal, params.id)
+        if view is None or task.status.state in TERMINAL:
+            raise TaskNotCancelableError(message=f"task {params.id} is {TaskState.Name(task.status.state)}")
+        reason = "cancelled over A2A"
+        try:
+            view = await self._services.tasks.cancel(principal, params.id, reason)
+        except Conflict as exc:
+            raise TaskNotCancelableError(message=str(exc)) from exc
+        except InvalidInput as exc:
+            raise InvalidParamsError(message=str(exc)) from exc
+        except FleetError as exc:
+            raise InvalidRequestError(message=str(exc)) from exc
+        return mirror(task, view)
+
+    # -- not offered ---------------------------------------------------------------------------
+    async def on_create_task_push_notification_config(self, params: Any, context: ServerCallContext) -> Any:
+        raise PushNotificationNotSupportedError
+
+    async def on_get_task_push_notification_config(self, params: Any, context: ServerCallContext) -> Any:
+        raise PushNotificationNotSupportedError
+
+    async def on_list_task_push_notification_configs(self, params: Any, context: ServerCallContext) -> Any:
+        raise PushNotificationNotSupportedError
+
+    async def on_delete_task_push_notification_config(self, params: Any, context: ServerCallContext) -> None:
+        raise PushNotificationNotSupportedError
+
+    async def on_get_extended_agent_card(self, params: Any, context: ServerCallContext) -> AgentCard:
+        raise UnsupportedOperationError(message="this agent has no extended card; the public card is complete")
