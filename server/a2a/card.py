@@ -18,6 +18,9 @@ from server import __version__
 
 TEXT_TASK_TYPE = "text"
 TEXT_TASK_CAPABILITY = "general"
+FLEET_STATUS_SKILL = "fleet-status"
+JSONRPC_PATH = "/a2a"
+REST_PATH = "/a2a/rest"
 
 
 def build_card(base_url: str) -> AgentCard:
@@ -30,7 +33,8 @@ def build_card(base_url: str) -> AgentCard:
         version=__version__,
         provider=AgentProvider(organization="agentfleet", url=base_url),
         supported_interfaces=[
-            AgentInterface(url=f"{base_url}/a2a", protocol_binding="JSONRPC", protocol_version="1.0")
+            AgentInterface(url=f"{base_url}{JSONRPC_PATH}", protocol_binding="JSONRPC", protocol_version="1.0"),
+            AgentInterface(url=f"{base_url}{REST_PATH}", protocol_binding="HTTP+JSON", protocol_version="1.0"),
         ],
         capabilities=AgentCapabilities(streaming=True, push_notifications=False),
         default_input_modes=["application/json", "text/plain"],
@@ -54,11 +58,16 @@ def build_card(base_url: str) -> AgentCard:
                 output_modes=["application/json"],
             ),
             AgentSkill(
-                id="fleet-status",
+                id=FLEET_STATUS_SKILL,
                 name="Report fleet status",
-                description="Agents by status and tasks by status and priority (MCP tool fleet_status).",
+                description=(
+                    f'Send a data part {{"skill": "{FLEET_STATUS_SKILL}"}}: the answer is a message (no task) '
+                    "with agents by status, tasks by status and priority, and budgets, as a data part."
+                ),
                 tags=["orchestration", "status"],
-                examples=["How busy is the fleet?"],
+                examples=[f'{{"skill": "{FLEET_STATUS_SKILL}"}}'],
+                input_modes=["application/json"],
+                output_modes=["application/json", "text/plain"],
             ),
         ],
         security_schemes={

@@ -42,13 +42,20 @@ from a2a.utils.task import apply_history_length, validate_history_length, valida
 
 from server.a2a.caller import principal_of
 from server.a2a.follow import changes
-from server.a2a.mapping import mirror, result_artifact, spec_from_message, statuses_for
-from server.domain.permissions import A2A_CANCEL, A2A_READ, A2A_SEND
+from server.a2a.mapping import (
+    asks_for_status,
+    mirror,
+    result_artifact,
+    spec_from_message,
+    status_message,
+    statuses_for,
+)
+from server.domain.permissions import A2A_CANCEL, A2A_READ, A2A_SEND, A2A_STATUS
 from server.domain.principal import Principal
 from server.domain.statuses import TaskStatus as Orchestrated
 from server.domain.views import TaskView
 from server.errors import Conflict, FleetError, InvalidInput, NotFound, Refusal
-from server.ids import TASK, new_id
+from server.ids import MESSAGE, TASK, new_id
 from server.services.a2a_records import RecordQuery
 from server.services.container import Services
 
@@ -179,8 +186,14 @@ class FleetRequestHandler(RequestHandler):
         await self._services.a2a_records.save(principal, task.id, task.context_id, task.SerializeToString())
         return task, view
 
+    async def _fleet_status(self, context: ServerCallContext, message: Message) -> Message:
+        await self._admit(context, A2A_STATUS, "")
+        return status_message(await self._services.fleet.status(), message.context_id or new_id(MESSAGE))
+
     @validate_request_params
-    async def on_message_send(self, params: SendMessageRequest, context: ServerCallContext) -> Task:
+    async def on_message_send(self, params: SendMessageRequest, context: ServerCallContext) -> Task | Message:
+        if asks_for_status(params.message):
+            return await self._fleet_status(context, params.message)
         principal = await self._admit(context, A2A_SEND, params.message.task_id)
         validate_history_length(params.configuration)
         task, view = await self._accept(principal, params.message)
@@ -209,6 +222,9 @@ class FleetRequestHandler(RequestHandler):
     async def on_message_send_stream(
         self, params: SendMessageRequest, context: ServerCallContext
     ) -> AsyncGenerator[Event]:
+        if asks_for_status(params.message):
+            yield await self._fleet_status(context, params.message)
+            return
         principal = await self._admit(context, A2A_SEND, params.message.task_id)
         validate_history_length(params.configuration)
         task, view = await self._accept(principal, params.message)

@@ -8,11 +8,12 @@ from a2a.helpers import get_data_parts, get_text_parts, new_data_part, new_text_
 from a2a.types import Artifact, Message, Role, Task, TaskState
 from pydantic import ValidationError
 
-from server.a2a.card import TEXT_TASK_CAPABILITY, TEXT_TASK_TYPE
+from server.a2a.card import FLEET_STATUS_SKILL, TEXT_TASK_CAPABILITY, TEXT_TASK_TYPE
 from server.domain.statuses import TaskStatus
 from server.domain.task_spec import TaskSpec
-from server.domain.views import TaskView
+from server.domain.views import FleetStatus, TaskView
 from server.errors import InvalidInput
+from server.ids import MESSAGE, new_id
 
 STATE_OF: dict[str, int] = {
     TaskStatus.PENDING_APPROVAL: TaskState.TASK_STATE_INPUT_REQUIRED,
@@ -42,6 +43,23 @@ def restore_ints(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: restore_ints(v) for k, v in value.items()}
     return value
+
+
+def asks_for_status(message: Message) -> bool:
+    """The fleet-status skill: a data part {"skill": "fleet-status"}, answered at once with a
+    Message rather than queued as a task."""
+    data = get_data_parts(message.parts)
+    return bool(data) and isinstance(data[0], dict) and data[0].get("skill") == FLEET_STATUS_SKILL
+
+
+def status_message(status: FleetStatus, context_id: str) -> Message:
+    summary = ", ".join(f"{count} {state}" for state, count in sorted(status.totals.items())) or "nothing yet"
+    return Message(
+        message_id=new_id(MESSAGE),
+        context_id=context_id,
+        role=Role.ROLE_AGENT,
+        parts=[new_text_part(f"fleet: {summary}"), new_data_part(status.model_dump(mode="json"))],
+    )
 
 
 def spec_from_message(message: Message) -> TaskSpec:

@@ -53,6 +53,7 @@ TOOL_ROLES: dict[str, frozenset[Role]] = {
 
 # A2A operations, named by the tool they stand for.
 A2A_SEND = "task_submit"
+A2A_STATUS = "fleet_status"
 A2A_READ = "task_get"
 A2A_CANCEL = "task_cancel"
 

@@ -14,6 +14,7 @@ import anyio
 from mcp.server.auth.middleware.bearer_auth import BearerAuthBackend, RequireAuthMiddleware
 from mcp.server.mcpserver import MCPServer
 from mcp.server.transport_security import TransportSecuritySettings
+from sse_starlette.sse import EventSourceResponse
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.authentication import AuthenticationMiddleware
@@ -22,6 +23,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route, request_response
 from starlette.types import ASGIApp
 
+from server.a2a.card import REST_PATH
 from server.a2a.routes import a2a_routes
 from server.http.bearer import SCOPE, FleetTokenVerifier
 from server.http.observe import RequestMetricsMiddleware
@@ -58,6 +60,13 @@ def _healthz(_request: Request) -> Response:
     return JSONResponse({"status": "ok"})
 
 
+# A stream that waits on a queued task can be quiet for hours. A comment line every few seconds
+# keeps it under common client read timeouts (the a2a-sdk's httpx client defaults to 5 s) and
+# lets proxies see it is alive. sse-starlette documents this class attribute as the default.
+SSE_PING_S = 2
+EventSourceResponse.DEFAULT_PING_INTERVAL = SSE_PING_S
+
+
 def create_app(
     services: Services, metrics: Metrics | None = None, configure_mcp: Callable[[MCPServer[Any]], None] | None = None
 ) -> Starlette:
@@ -67,7 +76,7 @@ def create_app(
     if configure_mcp is not None:
         configure_mcp(mcp)
     mcp_app = mcp.streamable_http_app(streamable_http_path="/mcp", transport_security=transport_security(services))
-    card_routes, rpc_routes, a2a_handler = a2a_routes(services)
+    a2a = a2a_routes(services)
     verifier = FleetTokenVerifier(services.auth)
 
     async def readyz(_request: Request) -> Response:
@@ -89,14 +98,15 @@ def create_app(
             background_loops(services, supervise=True),
         ):  # Starlette never runs a mounted app's lifespan
             yield
-        await a2a_handler.aclose()
+        await a2a.handler.aclose()
 
     routes = [
         Route("/healthz", _healthz, methods=["GET"]),
         protected("/readyz", request_response(readyz), ["GET"]),
         protected("/metrics", request_response(metrics_endpoint), ["GET"]),
-        *card_routes,
-        *[protected(r.path, r.app, ["POST"]) for r in rpc_routes if isinstance(r, Route)],
+        *a2a.card,
+        *[protected(r.path, r.app, ["POST"]) for r in a2a.jsonrpc if isinstance(r, Route)],
+        Mount(REST_PATH, app=RequireAuthMiddleware(a2a.rest, required_scopes=[SCOPE])),
         Mount("/", app=mcp_app),  # last: serves /mcp and the OAuth protected-resource metadata
     ]
     return Starlette(

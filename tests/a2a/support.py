@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import httpx
 from a2a.client import A2ACardResolver, Client, ClientConfig, create_client
 from a2a.helpers import new_data_part, new_message, new_text_message
 from a2a.types import Part, Role, SendMessageRequest, StreamResponse, Task, TaskState
@@ -25,12 +26,20 @@ EVENT_TIMEOUT_S = 15
 
 
 @asynccontextmanager
-async def open_a2a(fleet: FleetServer, token: str | None = None, streaming: bool = False) -> AsyncIterator[Client]:
-    """An A2A client discovered from the fleet's card, for the admin or for `token`'s principal."""
+async def open_a2a(
+    fleet: FleetServer,
+    token: str | None = None,
+    streaming: bool = False,
+    binding: str = "JSONRPC",
+    timeout_s: float = 30,
+) -> AsyncIterator[Client]:
+    """An A2A client discovered from the fleet's card, for the admin or for `token`'s principal,
+    over the JSON-RPC or the HTTP+JSON binding."""
     async with fleet.http(token or fleet.admin_token) as http:
-        http.timeout = 30
+        http.timeout = httpx.Timeout(timeout_s)
         card = await A2ACardResolver(http, fleet.base_url).get_agent_card()
-        client = await create_client(card, client_config=ClientConfig(httpx_client=http, streaming=streaming))
+        config = ClientConfig(httpx_client=http, streaming=streaming, supported_protocol_bindings=[binding])
+        client = await create_client(card, client_config=config)
         try:
             yield client
         finally:

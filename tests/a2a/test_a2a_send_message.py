@@ -68,7 +68,7 @@ async def get_task(client: Client, task_id: str) -> Task:
     return await client.get_task(GetTaskRequest(id=task_id))
 
 
-async def test_agent_card_publishes_skills_bearer_auth_and_the_jsonrpc_endpoint(shared_fleet: FleetServer) -> None:
+async def test_agent_card_publishes_skills_bearer_auth_and_both_endpoints(shared_fleet: FleetServer) -> None:
     async with shared_fleet.http() as anonymous:  # the card is public
         card: AgentCard = await A2ACardResolver(anonymous, shared_fleet.base_url).get_agent_card()
     assert card.name == "agentfleet orchestrator"
@@ -78,9 +78,11 @@ async def test_agent_card_publishes_skills_bearer_auth_and_the_jsonrpc_endpoint(
     assert scheme.WhichOneof("scheme") == "http_auth_security_scheme"
     assert scheme.http_auth_security_scheme.scheme.lower() == "bearer"
     assert [list(req.schemes) for req in card.security_requirements] == [["bearer"]]
-    [interface] = card.supported_interfaces
-    assert interface.url == f"{shared_fleet.base_url}/a2a" and interface.url.endswith("/a2a")
-    assert interface.protocol_binding == "JSONRPC"
+    endpoints = {(i.protocol_binding, i.url, i.protocol_version) for i in card.supported_interfaces}
+    assert endpoints == {
+        ("JSONRPC", f"{shared_fleet.base_url}/a2a", "1.0"),
+        ("HTTP+JSON", f"{shared_fleet.base_url}/a2a/rest", "1.0"),
+    }
 
 
 async def test_a_data_part_task_spec_becomes_an_orchestrator_task(shared_fleet: FleetServer, a2a: OpenA2A) -> None:
@@ -164,6 +166,9 @@ async def test_a2a_needs_a_valid_bearer_token(shared_fleet: FleetServer) -> None
         assert (await anonymous.post("/a2a", json=body, headers={"A2A-Version": "1.0"})).status_code == 401
     async with shared_fleet.http("afa_wrong") as stranger:
         assert (await stranger.post("/a2a", json=body, headers={"A2A-Version": "1.0"})).status_code == 401
+        assert (await stranger.get("/a2a/rest/tasks", headers={"A2A-Version": "1.0"})).status_code == 401
+    async with shared_fleet.http() as anonymous:
+        assert (await anonymous.get("/a2a/rest/tasks/tsk_0", headers={"A2A-Version": "1.0"})).status_code == 401
 
 
 async def test_a_task_waiting_for_approval_is_input_required_until_decided(

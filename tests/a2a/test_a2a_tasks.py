@@ -38,10 +38,15 @@ def spec(capability: str, **extra: object) -> dict[str, object]:
     return {"type": "review", "payload": {"pr": 7}, "capabilities": [capability], **extra}
 
 
-async def test_a_stream_sees_each_state_as_an_mcp_agent_moves_the_task(module_fleet: FleetServer) -> None:
+BINDINGS = ["JSONRPC", "HTTP+JSON"]
+DEFAULT_HTTPX_TIMEOUT_S = 5.0
+
+
+@pytest.mark.parametrize("binding", BINDINGS)
+async def test_a_stream_sees_each_state_as_an_mcp_agent_moves_the_task(module_fleet: FleetServer, binding: str) -> None:
     capability, agent_token = await spawn_worker(module_fleet)
     async with (
-        open_a2a(module_fleet, streaming=True) as client,
+        open_a2a(module_fleet, streaming=True, binding=binding) as client,
         tap(client.send_message(request_for(spec(capability)))) as stream,
         module_fleet.mcp(agent_token) as agent,
     ):
@@ -138,9 +143,14 @@ async def test_an_approval_shows_as_input_required_in_the_stream_and_the_stream_
         assert await stream.next_state() == COMPLETED
 
 
-async def test_cancel_task_cancels_the_orchestrator_task(module_fleet: FleetServer) -> None:
+@pytest.mark.parametrize("binding", BINDINGS)
+async def test_cancel_task_cancels_the_orchestrator_task(module_fleet: FleetServer, binding: str) -> None:
     capability, agent_token = await spawn_worker(module_fleet)
-    async with open_a2a(module_fleet) as client, module_fleet.mcp() as admin, module_fleet.mcp(agent_token) as agent:
+    async with (
+        open_a2a(module_fleet, binding=binding) as client,
+        module_fleet.mcp() as admin,
+        module_fleet.mcp(agent_token) as agent,
+    ):
         queued = await send(client, spec(capability))
         cancelled = await client.cancel_task(CancelTaskRequest(id=queued.id))
         assert cancelled.status.state == TaskState.TASK_STATE_CANCELED
@@ -207,3 +217,36 @@ async def test_a_follow_up_message_joins_the_task_history(module_fleet: FleetSer
             async for _ in client.send_message(request_for("too late", task_id=task.id)):
                 pass
         assert state_names([(await client.get_task(GetTaskRequest(id=task.id))).status.state]) == ["canceled"]
+
+
+@pytest.mark.parametrize("binding", BINDINGS)
+async def test_the_fleet_status_skill_answers_with_a_message_and_queues_nothing(
+    module_fleet: FleetServer, binding: str
+) -> None:
+    await spawn_worker(module_fleet)
+    async with open_a2a(module_fleet, binding=binding) as client, module_fleet.mcp() as admin:
+        before = await call(admin, "fleet_status")
+        responses = [r async for r in client.send_message(request_for({"skill": "fleet-status"}))]
+        after = await call(admin, "fleet_status")
+    [response] = responses
+    assert response.WhichOneof("payload") == "message"
+    text, data = response.message.parts
+    assert text.text.startswith("fleet: ")
+    reported = MessageToDict(data)["data"]
+    assert reported["agents"]["active"] + reported["agents"]["starting"] >= 1  # the worker spawned above
+    assert reported["totals"]["tasks"] == before["totals"]["tasks"] == after["totals"]["tasks"]
+
+
+async def test_a_quiet_stream_outlives_the_default_client_timeout(module_fleet: FleetServer) -> None:
+    """The server pings idle streams, so a client with httpx's default 5 s read timeout keeps
+    listening to a task nobody has claimed yet."""
+    capability, agent_token = await spawn_worker(module_fleet)
+    async with (
+        open_a2a(module_fleet, streaming=True, timeout_s=DEFAULT_HTTPX_TIMEOUT_S) as client,
+        tap(client.send_message(request_for(spec(capability)))) as stream,
+        module_fleet.mcp(agent_token) as agent,
+    ):
+        task_id = (await stream.next()).task.id
+        await anyio.sleep(DEFAULT_HTTPX_TIMEOUT_S + 2)
+        await claim(agent, task_id)
+        assert await stream.next_state() == WORKING
