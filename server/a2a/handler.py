@@ -98,7 +98,10 @@ class FleetRequestHandler(RequestHandler):
         record = await self._services.a2a_records.get(principal, task_id)
         if record is None:
             raise TaskNotFoundError(message=f"no task {task_id}")
-        task = Task.FromString(record.body)
+        return await self._mirrored(principal, record.id, record.body)
+
+    async def _mirrored(self, principal: Principal, task_id: str, body: bytes) -> tuple[Task, TaskView | None]:
+        task = Task.FromString(body)
         try:
             view = await self._services.tasks.get(principal, task_id)
         except NotFound:
@@ -130,7 +133,7 @@ class FleetRequestHandler(RequestHandler):
             ),
         )
         records, total = await self._services.a2a_records.list(principal, query)
-        page = [(await self._stored(principal, r.id))[0] for r in records[:size]]
+        page = [(await self._mirrored(principal, r.id, r.body))[0] for r in records[:size]]
         for task in page:
             if not params.include_artifacts:
                 task.ClearField("artifacts")
@@ -145,27 +148,43 @@ class FleetRequestHandler(RequestHandler):
         if message.task_id:
             return await self._follow_up(principal, message)
         task_id = new_id(TASK)
-        context_id = message.context_id or task_id
-        stored = Message()
-        stored.CopyFrom(message)
-        stored.task_id, stored.context_id = task_id, context_id
-        task = Task(id=task_id, context_id=context_id, status=TaskStatus(state=TaskState.TASK_STATE_SUBMITTED))
-        task.history.append(stored)
         try:
             view: TaskView | None = await self._services.tasks.submit(
                 principal, spec_from_message(message), task_id=task_id
             )
         except FleetError as exc:
             # Refused before anything was queued: the A2A task is rejected with the stable code.
+            return await self._record(principal, message, task_id, None, str(exc)), None
+        if view.id != task_id:  # an idempotency_key replay: the answer is the task it made first
+            return await self._replayed(principal, message, view)
+        return await self._record(principal, message, task_id, view), view
+
+    async def _record(
+        self, principal: Principal, message: Message, task_id: str, view: TaskView | None, refusal: str = ""
+    ) -> Task:
+        context_id = message.context_id or task_id
+        stored = Message()
+        stored.CopyFrom(message)
+        stored.task_id, stored.context_id = task_id, context_id
+        task = Task(id=task_id, context_id=context_id, status=TaskStatus(state=TaskState.TASK_STATE_SUBMITTED))
+        task.history.append(stored)
+        if view is not None:
+            mirror(task, view)
+        else:
             task.status.state = TaskState.TASK_STATE_REJECTED
             task.status.message.CopyFrom(
-                Message(message_id=f"{task_id}-rejected", role=Role.ROLE_AGENT, parts=[new_text_part(str(exc))])
+                Message(message_id=f"{task_id}-rejected", role=Role.ROLE_AGENT, parts=[new_text_part(refusal)])
             )
-            view = None
-        else:
-            mirror(task, view)
         await self._services.a2a_records.save(principal, task_id, context_id, task.SerializeToString())
-        return task, view
+        return task
+
+    async def _replayed(self, principal: Principal, message: Message, view: TaskView) -> tuple[Task, TaskView | None]:
+        if await self._services.a2a_records.get(principal, view.id) is not None:
+            return await self._stored(principal, view.id)
+        if view.submitted_by != principal.id:
+            refusal = f"conflict: the idempotency_key belongs to task {view.id}, which is not yours"
+            return await self._record(principal, message, new_id(TASK), None, refusal), None
+        return await self._record(principal, message, view.id, view), view
 
     async def _follow_up(self, principal: Principal, message: Message) -> tuple[Task, TaskView | None]:
         """A message naming an existing task is added to its history; the orchestrator task is

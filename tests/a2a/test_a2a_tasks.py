@@ -250,3 +250,16 @@ async def test_a_quiet_stream_outlives_the_default_client_timeout(module_fleet: 
         await anyio.sleep(DEFAULT_HTTPX_TIMEOUT_S + 2)
         await claim(agent, task_id)
         assert await stream.next_state() == WORKING
+
+
+async def test_an_idempotency_key_sent_twice_answers_with_the_first_task(module_fleet: FleetServer) -> None:
+    _, agent_token = await spawn_worker(module_fleet)
+    once = spec("nobody-has-this", allow_unroutable=True, idempotency_key="a2a-replay-1")
+    async with open_a2a(module_fleet) as client, open_a2a(module_fleet, agent_token) as other:
+        first = await send(client, once)
+        again = await send(client, once)
+        assert again.id == first.id and again.status.state == SUBMITTED
+        stranger = await send(other, once)  # someone else's key: refused, nothing shared
+        assert stranger.status.state == TaskState.TASK_STATE_REJECTED
+        assert get_message_text(stranger.status.message).startswith("conflict")
+        assert [t.id for t in (await other.list_tasks(ListTasksRequest())).tasks] == [stranger.id]
