@@ -119,7 +119,8 @@ def mirror(task: Task, view: TaskView) -> Task:
         task.status.message.CopyFrom(Message(message_id=message_id, role=Role.ROLE_AGENT, parts=[new_text_part(text)]))
     if view.status == TaskStatus.COMPLETED and not task.artifacts:
         task.artifacts.append(result_artifact(view))
+    # camelCase like the rest of A2A's JSON (the TCK checks metadata keys too).
     task.metadata.update(
-        {"orchestrator_status": view.status, "attempts": view.attempts, "cancel_requested": view.cancel_requested}
+        {"orchestratorStatus": view.status, "attempts": view.attempts, "cancelRequested": view.cancel_requested}
     )
     return task

@@ -106,6 +106,8 @@ def create_app(
         protected("/metrics", request_response(metrics_endpoint), ["GET"]),
         *a2a.card,
         *[protected(r.path, r.app, ["POST"]) for r in a2a.jsonrpc if isinstance(r, Route)],
+        # Some clients (the A2A TCK among them) post to the card's URL with a trailing slash.
+        *[protected(r.path + "/", r.app, ["POST"]) for r in a2a.jsonrpc if isinstance(r, Route)],
         Mount(REST_PATH, app=RequireAuthMiddleware(a2a.rest, required_scopes=[SCOPE])),
         Mount("/", app=mcp_app),  # last: serves /mcp and the OAuth protected-resource metadata
     ]

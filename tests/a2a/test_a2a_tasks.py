@@ -107,7 +107,7 @@ async def test_subscribe_follows_a_task_from_where_it_stands(module_fleet: Fleet
             assert await stream.next_state() == SUBMITTED  # queued again for another attempt
             retry = stream.seen[-1].status_update
             assert "attempt 1 of 3" in get_message_text(retry.status.message)
-            assert retry.metadata["orchestrator_status"] == "queued"
+            assert retry.metadata["orchestratorStatus"] == "queued"
 
 
 async def test_subscribing_to_a_finished_task_is_refused(module_fleet: FleetServer) -> None:
@@ -162,7 +162,7 @@ async def test_cancel_task_cancels_the_orchestrator_task(module_fleet: FleetServ
         await claim(agent, running.id)
         asked = await client.cancel_task(CancelTaskRequest(id=running.id))
         # A running task is cancelled cooperatively: its agent learns it on its next heartbeat.
-        assert asked.status.state == WORKING and asked.metadata["cancel_requested"] is True
+        assert asked.status.state == WORKING and asked.metadata["cancelRequested"] is True
         beat = await call(agent, "task_heartbeat", task_id=running.id)
         assert beat["cancel_requested"] is True
 
