@@ -10,11 +10,13 @@ conditional updates and row locks.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
+import psycopg
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -28,6 +30,7 @@ _AFTER_COMMIT = "agentfleet_after_commit"
 _BEFORE_COMMIT = "agentfleet_before_commit"
 _TX_LOCAL = "agentfleet_tx_local"
 READ_THREADS = 8
+DEADLOCK_ATTEMPTS = 5
 WRITE_THREADS_PG = 12
 
 
@@ -121,19 +124,29 @@ class Database:
         return self._write_tx(None, fn, *args)
 
     def _write_tx(self, loop: asyncio.AbstractEventLoop | None, fn: Callable[..., T], *args: Any) -> T:
-        try:
-            with self.engine.begin() as conn:
-                conn.info[_AFTER_COMMIT] = []
-                conn.info[_BEFORE_COMMIT] = []
-                conn.info[_TX_LOCAL] = {}
-                result = fn(conn, *args)
-                for last in conn.info.pop(_BEFORE_COMMIT):
-                    last(conn)
-                callbacks: list[Callable[[], None]] = conn.info.pop(_AFTER_COMMIT)
-            if self.after_each_write is not None:
-                callbacks.append(self.after_each_write)
-        except OperationalError as exc:
-            raise Unavailable("the store is unreachable or busy; retry shortly") from exc
+        for attempt in range(1, DEADLOCK_ATTEMPTS + 1):
+            try:
+                return self._write_once(loop, fn, *args)
+            except OperationalError as exc:
+                # PostgreSQL broke a lock cycle by aborting this transaction; nothing of it was
+                # applied, so the unit of work runs again from the start.
+                if attempt < DEADLOCK_ATTEMPTS and isinstance(exc.orig, psycopg.errors.DeadlockDetected):
+                    time.sleep(0.001 * attempt)
+                    continue
+                raise Unavailable("the store is unreachable or busy; retry shortly") from exc
+        raise AssertionError("unreachable")
+
+    def _write_once(self, loop: asyncio.AbstractEventLoop | None, fn: Callable[..., T], *args: Any) -> T:
+        with self.engine.begin() as conn:
+            conn.info[_AFTER_COMMIT] = []
+            conn.info[_BEFORE_COMMIT] = []
+            conn.info[_TX_LOCAL] = {}
+            result = fn(conn, *args)
+            for last in conn.info.pop(_BEFORE_COMMIT):
+                last(conn)
+            callbacks: list[Callable[[], None]] = conn.info.pop(_AFTER_COMMIT)
+        if self.after_each_write is not None:
+            callbacks.append(self.after_each_write)
         for callback in callbacks:
             # On the event loop, whether or not the caller still awaits: a wake-up is never lost to
             # a cancelled caller.
