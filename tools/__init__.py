@@ -13,7 +13,7 @@ from server import __version__
 from server.http.bearer import SCOPE, FleetTokenVerifier
 from server.metrics import Metrics
 from server.services.container import Services
-from tools import agents, budgets, fleet, governance, locks, resources, tasks
+from tools import agents, budgets, fleet, governance, locks, resources, tasks, workflows
 from tools.context import AppState
 from tools.server import FleetMCPServer
 
@@ -66,6 +66,6 @@ def build_mcp(
         request_state_security=_shared_state_key(services),
         **auth_kwargs,
     )
-    for area in (fleet, agents, tasks, locks, budgets, governance, resources):
+    for area in (fleet, agents, tasks, locks, budgets, workflows, governance, resources):
         area.register(mcp)
     return mcp

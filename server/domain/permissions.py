@@ -42,6 +42,11 @@ TOOL_ROLES: dict[str, frozenset[Role]] = {
     "budget_reserve": SPENDS,
     "budget_release": SPENDS,
     "usage_record": AGENT_ONLY,  # usage is an agent's spend; the admin reserves and releases
+    "workflow_run": RUNS_WORK,
+    "workflow_get": EVERYONE,
+    "workflow_list": EVERYONE,
+    "workflow_cancel": RUNS_WORK,
+    "workflow_template_save": STAFF,
     "approval_list": STAFF,
     "approval_decide": STAFF,
     "audit_query": STAFF,
@@ -54,6 +59,7 @@ TOOL_ROLES: dict[str, frozenset[Role]] = {
 # A2A operations, named by the tool they stand for.
 A2A_SEND = "task_submit"
 A2A_STATUS = "fleet_status"
+A2A_WORKFLOW = "workflow_run"
 A2A_READ = "task_get"
 A2A_CANCEL = "task_cancel"
 

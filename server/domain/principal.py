@@ -50,3 +50,4 @@ class Principal:
 
 ADMIN = Principal(Role.ADMIN, "admin")
 REAPER = Principal(Role.SYSTEM, "reaper")
+SHIPPED = Principal(Role.SYSTEM, "shipped")  # what came with the installation (workflow templates)

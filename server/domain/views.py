@@ -374,3 +374,68 @@ class AuditEntry(View):
 class AuditPage(View):
     entries: list[AuditEntry] = Field(description="newest first")
     next_before_id: str | None = Field(description="pass as before_id for the next (older) page; null at the end")
+
+
+class WorkflowStepView(View):
+    id: str
+    kind: str = Field(description="task, for_each (one task per item) or consensus (one task per agent)")
+    status: str = Field(description="pending, running, completed, failed, skipped or cancelled")
+    depends_on: list[str]
+    tasks: dict[str, int] = Field(description="the step's tasks by status")
+    task_ids: list[str] | None = Field(description="the step's tasks in order (null above 50: use task_list)")
+    started_at: str | None
+    finished_at: str | None
+    duration_s: float | None
+    result: Any = Field(
+        description="the task's result; for_each: every result in item order; consensus: {value, decided, "
+        "disagreement, received, votes: [{value, count}], agents}"
+    )
+    error: str | None = Field(description="why it failed, or why it was skipped")
+
+
+class CriticalPath(View):
+    steps: list[str] = Field(description="the chain of dependent steps that took longest, first to last")
+    duration_s: float
+
+
+class WorkflowView(View):
+    id: str
+    name: str
+    template: str | None = Field(description="name@version it was run from, if a template")
+    status: str = Field(description="running, completed, failed or cancelled")
+    on_failure: str = Field(description="fail_fast or continue (steps may override)")
+    inputs: dict[str, Any]
+    submitted_by: str
+    created_at: str
+    finished_at: str | None
+    duration_s: float | None
+    error: str | None
+    steps: list[WorkflowStepView] = Field(description="in definition order")
+    critical_path: CriticalPath
+
+
+class WorkflowSummary(View):
+    id: str
+    name: str
+    template: str | None
+    status: str
+    submitted_by: str
+    created_at: str
+    finished_at: str | None
+    steps: dict[str, int] = Field(description="step count by status")
+
+
+class WorkflowList(View):
+    runs: list[WorkflowSummary]
+    next_cursor: str | None
+
+
+class WorkflowTemplateView(View):
+    name: str
+    version: str
+    ref: str = Field(description="name@version, for workflow_run(template=…)")
+    created: bool = Field(description="false when this exact version was already saved with this definition")
+    created_by: str
+    created_at: str
+    steps: list[str]
+    definition: dict[str, Any]

@@ -19,6 +19,7 @@ from server.ids import EVENT, new_id
 from server.services import audit
 from server.services.approval_rows import EXPIRY, approval_view
 from server.services.signals import TaskSignals
+from server.services.task_ends import TaskEnds
 from server.services.task_rows import task_view
 from server.services.tasks import announce_ready
 from server.store.database import Database
@@ -39,7 +40,8 @@ _DUE = (
 
 
 class ApprovalService:
-    def __init__(self, db: Database, clock: Clock, signals: TaskSignals) -> None:
+    def __init__(self, db: Database, clock: Clock, signals: TaskSignals, task_ends: TaskEnds) -> None:
+        self._task_ends = task_ends
         self._db = db
         self._clock = clock
         self._signals = signals
@@ -145,6 +147,8 @@ class ApprovalService:
         row = conn.execute(update(tasks).where(*waiting).values(values).returning(*tasks.c)).one()
         if decision is Decision.APPROVE:
             announce_ready(conn, self._signals, list(row.capabilities), row.pinned_agent_id, row.ready_at)
+        else:
+            self._task_ends.ended(conn, row)
         return row
 
     def _wake(self, task: Row[Any] | None) -> None:

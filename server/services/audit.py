@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,6 +71,22 @@ def record(
             "after_digest": None if after is None else state_digest(after),
         }
     )
+
+
+@contextmanager
+def savepoint(conn: Connection) -> Iterator[None]:
+    """A nested transaction whose staged audit rows go with it when it rolls back: audit rows are
+    staged in memory until commit, so a plain savepoint would leave rows for undone work."""
+    staged = tx_local(conn).get(_PENDING)
+    mark = len(staged) if staged is not None else 0
+    try:
+        with conn.begin_nested():
+            yield
+    except BaseException:
+        staged = tx_local(conn).get(_PENDING)
+        if staged is not None:
+            del staged[mark:]
+        raise
 
 
 def _chain(conn: Connection) -> None:

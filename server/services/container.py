@@ -26,8 +26,11 @@ from server.services.profiles import ProfileRegistry, shipped_profiles_dir
 from server.services.rate_limits import RateLimiter
 from server.services.signals import KeyedSignals, TaskSignals
 from server.services.supervision import SupervisionService
+from server.services.task_ends import TaskEnds
 from server.services.tasks import TaskService
 from server.services.tokens import TokenService
+from server.services.workflow_templates import WorkflowTemplateService, shipped_templates_dir
+from server.services.workflows import WorkflowService
 from server.settings import Settings
 from server.store import migrate
 from server.store.database import Database, create_store_engine
@@ -58,6 +61,8 @@ class Services:
     supervision: SupervisionService
     peers: PeerService
     autoscaling: AutoscaleService
+    workflows: WorkflowService
+    workflow_templates: WorkflowTemplateService
 
     def close(self) -> None:
         self.signals.close()
@@ -92,6 +97,7 @@ def build_services(
     db = Database(create_store_engine(settings.resolved_database_url))
     if run_migrations:
         migrate.upgrade(db.engine)
+    task_ends = TaskEnds()
     signals = TaskSignals()
     lock_signals = KeyedSignals()
     task_changes = KeyedSignals()
@@ -100,10 +106,24 @@ def build_services(
     access = AccessPolicy(profiles)
     audit = AuditService(db, clock)
     locks = LockService(db, clock, lock_signals, signals, settings.claim_recheck_s, access)
-    leases = LeaseService(db, clock, signals, locks, settings.claim_recheck_s)
+    leases = LeaseService(db, clock, signals, locks, settings.claim_recheck_s, task_ends)
     budgets = BudgetService(db, clock, profiles, PriceTable.load(settings.data_dir))
     agents = AgentService(db, clock, profiles, leases, locks, settings.max_agents)
     approval_terms = ApprovalTerms(settings.approval_timeout_s, Decision(settings.approval_on_expiry))
+    tasks = TaskService(
+        db,
+        clock,
+        profiles,
+        signals,
+        settings.max_payload_bytes,
+        settings.priority_aging_s,
+        access,
+        approval_terms,
+        task_ends,
+    )
+    workflow_templates = WorkflowTemplateService(db, clock)
+    if run_migrations:
+        workflow_templates.seed_shipped(shipped_templates_dir())
     return Services(
         settings=settings,
         db=db,
@@ -111,16 +131,7 @@ def build_services(
         profiles=profiles,
         auth=Authenticator(db, clock, admin_token),
         agents=agents,
-        tasks=TaskService(
-            db,
-            clock,
-            profiles,
-            signals,
-            settings.max_payload_bytes,
-            settings.priority_aging_s,
-            access,
-            approval_terms,
-        ),
+        tasks=tasks,
         leases=leases,
         locks=locks,
         budgets=budgets,
@@ -133,8 +144,10 @@ def build_services(
         access=access,
         gate=Gate(db, clock, access, RateLimiter(db.dialect, settings, access), audit),
         tokens=TokenService(db, clock),
-        approvals=ApprovalService(db, clock, signals),
+        approvals=ApprovalService(db, clock, signals, task_ends),
         supervision=SupervisionService(db, clock, profiles, leases, locks, settings.resolved_replica_id),
         peers=PeerService(db, clock, profiles, leases, locks, settings.resolved_replica_id),
         autoscaling=AutoscaleService(db, clock, agents, profiles.autoscaled()),
+        workflows=WorkflowService(db, clock, tasks, access, task_ends),
+        workflow_templates=workflow_templates,
     )

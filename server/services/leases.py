@@ -29,6 +29,7 @@ from server.services.agent_rows import touch_agent
 from server.services.budget_rows import hold_for_dispatch, settle_task_hold
 from server.services.locks import LockService
 from server.services.signals import TaskSignals, Waiter
+from server.services.task_ends import TaskEnds
 from server.services.task_rows import task_view
 from server.services.tasks import announce_ready
 from server.store.database import Database
@@ -114,8 +115,10 @@ class LeaseService:
         signals: TaskSignals,
         locks: LockService,
         claim_recheck_s: float,
+        task_ends: TaskEnds,
         rng: Random | None = None,
     ) -> None:
+        self._task_ends = task_ends
         self._db = db
         self._clock = clock
         self._signals = signals
@@ -135,6 +138,9 @@ class LeaseService:
             "SELECT id FROM orch_tasks WHERE status = 'queued' AND ready_at <= :now "
             "AND (pinned_agent_id IS NULL OR pinned_agent_id = :me) AND "
             + json_subset(dialect, "orch_tasks.capabilities", ":caps")
+            # A consensus step's votes go to distinct agents (ux_orch_tasks_distinct_group backs it).
+            + " AND (distinct_group IS NULL OR NOT EXISTS (SELECT 1 FROM orch_tasks AS mine "
+            "WHERE mine.distinct_group = orch_tasks.distinct_group AND mine.agent_id = :me))"
             + " ORDER BY dispatch_key, id LIMIT 1"
         )
         self._claimable = text(head)
@@ -307,6 +313,7 @@ class LeaseService:
         if row.estimated_cost_micros:
             settle_task_hold(conn, row.id, now)
         audit.record(conn, now, principal, "task.complete", task_id, {})
+        self._task_ends.ended(conn, row)
         return task_view(row)
 
     async def fail(self, principal: Principal, task_id: str, error: str, retryable: bool = True) -> TaskView:
@@ -423,6 +430,8 @@ class LeaseService:
             settle_task_hold(conn, row.id, now)
         if requeued is not None:
             announce_ready(conn, self._signals, requeued.capabilities, requeued.pinned, requeued.ready_at)
+        else:
+            self._task_ends.ended(conn, updated)
         return task_view(updated), requeued
 
     @staticmethod

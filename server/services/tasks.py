@@ -3,8 +3,8 @@ clause is the transition table's source set, so a lost race changes nothing."""
 
 from __future__ import annotations
 
-import base64
 import json
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, Row, or_, select, text, update
@@ -13,6 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from server.clock import MICROS, Clock, from_iso
 from server.domain.backoff import dispatch_key
 from server.domain.capabilities import validate_capabilities
+from server.domain.cursor import decode_cursor, encode_cursor
 from server.domain.money import to_micros
 from server.domain.principal import Principal
 from server.domain.resources import parse_all
@@ -34,8 +35,9 @@ from server.services.approval_rows import (
 )
 from server.services.profiles import ProfileRegistry
 from server.services.signals import TaskSignals
+from server.services.task_ends import TaskEnds
 from server.services.task_rows import attempt_history, task_locks, task_view
-from server.store.database import Database
+from server.store.database import Database, after_commit
 from server.store.dialect import TASK_CHANNEL, json_subset, notify
 from server.store.tables import agents, tasks
 
@@ -44,15 +46,14 @@ _INSERT_TASK = tasks.insert().returning(*tasks.c)
 _QUEUE_CANCELLABLE = [s.value for s in task_sources(TaskStatus.CANCELLED) if s is not TaskStatus.RUNNING]
 
 
-def _encode_cursor(task_id: str) -> str:
-    return base64.urlsafe_b64encode(task_id.encode()).decode().rstrip("=")
+@dataclass(frozen=True)
+class WorkflowPlace:
+    """Where a task sits in a workflow run: the step, and its item or vote index."""
 
-
-def _decode_cursor(cursor: str) -> str:
-    try:
-        return base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-    except (ValueError, UnicodeDecodeError):
-        raise InvalidInput("cursor is not one this server issued") from None
+    run_id: str
+    step: str
+    index: int
+    distinct_group: str | None  # a consensus step's votes go to distinct agents
 
 
 def announce_ready(
@@ -73,7 +74,9 @@ class TaskService:
         priority_aging_s: int,
         access: AccessPolicy,
         approval_terms: ApprovalTerms,
+        task_ends: TaskEnds,
     ) -> None:
+        self._task_ends = task_ends
         self._db = db
         self._clock = clock
         self._profiles = profiles
@@ -91,6 +94,14 @@ class TaskService:
     # -- submit --------------------------------------------------------------------------------
     async def submit(self, principal: Principal, spec: TaskSpec, task_id: str | None = None) -> TaskView:
         """Queue a task. `task_id` lets an adapter choose the id (A2A uses its own task id)."""
+        view = await self._db.write(self._submit_tx, principal, self._checked(principal, spec), task_id or new_id(TASK))
+        if view.status == TaskStatus.QUEUED:
+            self._signals.task_ready(
+                frozenset(view.capabilities), view.pinned_agent_id, from_iso(view.ready_at), self._clock.now_us()
+            )
+        return view
+
+    def _checked(self, principal: Principal, spec: TaskSpec) -> TaskSpec:
         size = payload_size(spec.payload)
         if size > self._max_payload:
             raise InvalidInput(
@@ -100,15 +111,22 @@ class TaskService:
         if spec.resources:
             parse_all(spec.resources)  # malformed or overlapping names are refused before anything is written
             self._access.check_lock_names(principal, [r.name for r in spec.resources])
-        spec = spec.model_copy(update={"capabilities": tuple(validate_capabilities(spec.capabilities))})
-        view = await self._db.write(self._submit_tx, principal, spec, task_id or new_id(TASK))
+        return spec.model_copy(update={"capabilities": tuple(validate_capabilities(spec.capabilities))})
+
+    def submit_in(
+        self, conn: Connection, principal: Principal, spec: TaskSpec, task_id: str, place: WorkflowPlace
+    ) -> TaskView:
+        """Submit inside the caller's transaction (a workflow starting a step); claimers here are
+        woken once it commits."""
+        view = self._submit_tx(conn, principal, self._checked(principal, spec), task_id, place)
         if view.status == TaskStatus.QUEUED:
-            self._signals.task_ready(
-                frozenset(view.capabilities), view.pinned_agent_id, from_iso(view.ready_at), self._clock.now_us()
-            )
+            ready = (frozenset(view.capabilities), view.pinned_agent_id, from_iso(view.ready_at))
+            after_commit(conn, lambda: self._signals.task_ready(*ready, self._clock.now_us()))
         return view
 
-    def _submit_tx(self, conn: Connection, principal: Principal, spec: TaskSpec, task_id: str) -> TaskView:
+    def _submit_tx(
+        self, conn: Connection, principal: Principal, spec: TaskSpec, task_id: str, place: WorkflowPlace | None = None
+    ) -> TaskView:
         now = self._clock.now_us()
         digest = spec.spec_hash()
         if spec.idempotency_key is not None:
@@ -151,6 +169,13 @@ class TaskService:
             approval_id=approval_id,
             timeout_s=spec.timeout_s,
         )
+        if place is not None:
+            values.update(
+                workflow_run_id=place.run_id,
+                workflow_step=place.step,
+                workflow_index=place.index,
+                distinct_group=place.distinct_group,
+            )
         if spec.idempotency_key is None:
             row = conn.execute(_INSERT_TASK, values).one()
         else:
@@ -248,7 +273,7 @@ class TaskService:
         limit: int = 50,
         cursor: str | None = None,
     ) -> tuple[list[TaskView], str | None]:
-        after = _decode_cursor(cursor) if cursor else None
+        after = decode_cursor(cursor) if cursor else None
         return await self._db.read(self._list_tx, principal, status, type, agent_id, limit, after)
 
     def _list_tx(
@@ -280,9 +305,30 @@ class TaskService:
             )
         rows = conn.execute(query).all()
         page = [task_view(r) for r in rows[:limit]]
-        return page, (_encode_cursor(page[-1].id) if len(rows) > limit else None)
+        return page, (encode_cursor(page[-1].id) if len(rows) > limit else None)
 
     # -- cancel --------------------------------------------------------------------------------
+    def cancel_in(self, conn: Connection, task_ids: list[str], reason: str, now: int) -> None:
+        """Cancel tasks inside the caller's transaction (a workflow ending a step or a run): those
+        waiting end now, running ones are asked to stop. Their ends are not reported back."""
+        if not task_ids:
+            return
+        error = f"cancelled: {reason}"
+        waiting = conn.execute(
+            update(tasks)
+            .where(tasks.c.id.in_(task_ids), tasks.c.status.in_(_QUEUE_CANCELLABLE))
+            .values(status=TaskStatus.CANCELLED.value, finished_at=now, updated_at=now, error=error)
+            .returning(tasks.c.approval_id)
+        ).scalars()
+        for approval_id in waiting:
+            if approval_id is not None:
+                withdraw(conn, approval_id, now)
+        conn.execute(
+            update(tasks)
+            .where(tasks.c.id.in_(task_ids), tasks.c.status == TaskStatus.RUNNING.value)
+            .values(cancel_requested=True, updated_at=now, error=error)
+        )
+
     async def mark(self, task_id: str) -> tuple[str, int, int | None, str | None] | None:
         """(status, attempts, progress, progress message): what someone following a task compares
         to see that it moved, in one primary-key read. None once the task is gone."""
@@ -327,6 +373,8 @@ class TaskService:
         if row.approval_id is not None and row.status == TaskStatus.PENDING_APPROVAL:
             withdraw(conn, row.approval_id, now)
         after = conn.execute(select(tasks).where(tasks.c.id == task_id)).one()
+        if after.status == TaskStatus.CANCELLED:
+            self._task_ends.ended(conn, after)
         audit.record(
             conn, now, principal.because(reason), "task.cancel", task_id, {"reason": reason}, before=row, after=after
         )

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import psycopg
-from sqlalchemy import Connection, Engine, Table, text
+from sqlalchemy import ColumnElement, Connection, Engine, Row, Table, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 
 TASK_CHANNEL = "agentfleet_tasks"
@@ -27,10 +27,22 @@ def json_subset(dialect: str, small: str, big: str) -> str:
     )
 
 
-def insert_ignoring_duplicates(conn: Connection, table: Table, values: dict[str, Any], unique_column: str) -> None:
+def insert_ignoring_duplicates(
+    conn: Connection, table: Table, values: dict[str, Any], unique_columns: str | list[str]
+) -> None:
     """INSERT unless a row with the same unique value exists (ON CONFLICT DO NOTHING on both)."""
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    conn.execute(dialect.insert(table).values(values).on_conflict_do_nothing(index_elements=[unique_column]))
+    columns = [unique_columns] if isinstance(unique_columns, str) else unique_columns
+    conn.execute(dialect.insert(table).values(values).on_conflict_do_nothing(index_elements=columns))
+
+
+def lock_row(conn: Connection, table: Table, where: ColumnElement[bool]) -> Row[Any] | None:
+    """Read one row and hold it for this transaction (SELECT … FOR UPDATE on PostgreSQL), so
+    transactions acting on the same thing take turns. SQLite writers already take turns."""
+    query = select(table).where(where)
+    if conn.dialect.name == "postgresql":
+        query = query.with_for_update()
+    return conn.execute(query).first()
 
 
 def take_turns(conn: Connection, key: int) -> None:

@@ -27,6 +27,7 @@ from server.domain.approval import ApprovalStatus, Decision
 from server.domain.budget import Enforcement, HoldStatus, Period
 from server.domain.principal import TOKEN_ROLES
 from server.domain.statuses import AgentStatus, LockStatus, TaskStatus
+from server.domain.workflow_status import RunStatus, StepStatus
 
 NAMING = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -129,6 +130,12 @@ tasks = Table(
     Column("approval_id", String(ID), nullable=True),
     # Wall-clock limit of one attempt, for whoever runs it (agentfleet worker kills the command).
     Column("timeout_s", Integer, nullable=True),
+    # Its place in a workflow run: the step, and the item (for_each) or vote (consensus) index.
+    Column("workflow_run_id", String(ID), nullable=True),
+    Column("workflow_step", String(64), nullable=True),
+    Column("workflow_index", Integer, nullable=True),
+    # Tasks of one group go to distinct agents (a consensus step's votes).
+    Column("distinct_group", String(120), nullable=True),
     CheckConstraint(_one_of("status", [s.value for s in TaskStatus]), name="status"),
     CheckConstraint("priority BETWEEN 0 AND 3", name="priority"),
     CheckConstraint("attempts <= max_attempts", name="attempts"),
@@ -138,6 +145,16 @@ tasks = Table(
     CheckConstraint("status <> 'running' OR agent_id IS NOT NULL", name="running_has_holder"),
     # fleet_status counts by (status, priority) from this index alone.
     Index("ix_orch_tasks_status_priority", "status", "priority"),
+    Index("ix_orch_tasks_workflow", "workflow_run_id", "workflow_step", "workflow_index"),
+    # No agent holds (or last held) two tasks of one group: the distinct-agents rule, in the store.
+    Index(
+        "ux_orch_tasks_distinct_group",
+        "distinct_group",
+        "agent_id",
+        unique=True,
+        sqlite_where=text("distinct_group IS NOT NULL AND agent_id IS NOT NULL"),
+        postgresql_where=text("distinct_group IS NOT NULL AND agent_id IS NOT NULL"),
+    ),
     # The queue: only queued rows, in dispatch order.
     Index(
         "ix_orch_tasks_ready",
@@ -438,4 +455,57 @@ rate_buckets = Table(
     Column("principal", String(60), primary_key=True),
     Column("tokens", Float, nullable=False),
     Column("updated_at", BigInteger, nullable=False),
+)
+
+# Workflow templates: immutable (name, version) definitions; workflow_run(template="name@^1").
+workflow_templates = Table(
+    "orch_workflow_templates",
+    metadata,
+    Column("name", String(100), primary_key=True),
+    Column("version", String(40), primary_key=True),
+    Column("definition", JSON, nullable=False),
+    Column("created_by", String(60), nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+)
+
+# One row per workflow run: its definition as validated, its inputs, and where it stands. The
+# submitter's role and profile are kept so later steps are submitted with the same rights.
+workflow_runs = Table(
+    "orch_workflow_runs",
+    metadata,
+    Column("id", String(ID), primary_key=True),
+    Column("name", String(100), nullable=False),
+    Column("template", String(150), nullable=True),
+    Column("definition", JSON, nullable=False),
+    Column("inputs", JSON, nullable=False),
+    Column("status", String(20), nullable=False),
+    Column("on_failure", String(20), nullable=False),
+    Column("submitted_by", String(60), nullable=False),
+    Column("submitter_role", String(20), nullable=False),
+    Column("submitter_profile", String(100), nullable=True),
+    Column("created_at", BigInteger, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+    Column("finished_at", BigInteger, nullable=True),
+    Column("error", Text, nullable=True),
+    CheckConstraint(_one_of("status", [s.value for s in RunStatus]), name="status"),
+    Index("ix_orch_workflow_runs_submitted_by", "submitted_by", "id"),
+    Index("ix_orch_workflow_runs_status", "status"),
+)
+
+# One row per step of a run. `expected`/`finished` count a fan-out's tasks, so each task's end
+# costs one counter update and only the last one gathers the results.
+workflow_steps = Table(
+    "orch_workflow_steps",
+    metadata,
+    Column("run_id", String(ID), ForeignKey("orch_workflow_runs.id"), primary_key=True),
+    Column("step_id", String(64), primary_key=True),
+    Column("position", Integer, nullable=False),
+    Column("status", String(20), nullable=False),
+    Column("expected", Integer, nullable=True),
+    Column("finished", Integer, nullable=False, default=0),
+    Column("result", JSON(none_as_null=True), nullable=True),
+    Column("error", Text, nullable=True),
+    Column("started_at", BigInteger, nullable=True),
+    Column("finished_at", BigInteger, nullable=True),
+    CheckConstraint(_one_of("status", [s.value for s in StepStatus]), name="status"),
 )

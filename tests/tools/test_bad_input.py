@@ -158,6 +158,40 @@ BAD_CALLS: list[tuple[str, dict[str, Any], str]] = [
     ("budget_set", {"scope": "global", "limit_usd": 5, "approval_above_usd": -1}, "invalid_input"),
     ("task_submit", {"type": "build", "requires_approval": "yes please"}, "invalid_input"),
     ("task_submit", {"type": "build", "reason": "x" * 2001}, "invalid_input"),
+    ("workflow_run", {"definition": {"name": "w", "steps": []}}, "invalid_input"),
+    ("workflow_run", {"definition": "steps: [unclosed"}, "invalid_input"),
+    ("workflow_run", {"template": "no-such-template@^1"}, "not_found"),
+    ("workflow_run", {"template": "research-review-report@^9"}, "not_found"),
+    ("workflow_run", {"template": "research-review-report@not a range"}, "invalid_input"),
+    ("workflow_run", {"template": "research-review-report", "inputs": {"topic": 5}}, "invalid_input"),
+    (
+        "workflow_run",
+        {"definition": {"name": "w", "steps": [{"id": "a", "task": {"type": "t"}}]}, "template": "x"},
+        "invalid_input",
+    ),
+    ("workflow_get", {"run_id": "wfr_0000NOSUCHRUN"}, "not_found"),
+    ("workflow_get", {"run_id": "tsk_0000NOTARUN"}, "invalid_input"),
+    ("workflow_list", {"status": "sleeping"}, "invalid_input"),
+    ("workflow_list", {"cursor": "%%%not-base64%%%"}, "invalid_input"),
+    ("workflow_cancel", {"run_id": "wfr_0000NOSUCHRUN"}, "not_found"),
+    (
+        "workflow_template_save",
+        {"definition": {"name": "w", "steps": [{"id": "a", "task": {"type": "t"}}]}},
+        "invalid_input",
+    ),
+    (
+        "workflow_template_save",
+        {"definition": {"name": "w", "steps": [{"id": "a", "task": {"type": "t"}}]}, "version": "one"},
+        "invalid_input",
+    ),
+    (
+        "workflow_template_save",
+        {
+            "definition": {"name": "research-review-report", "steps": [{"id": "a", "task": {"type": "t"}}]},
+            "version": "1.0.0",
+        },
+        "conflict",
+    ),
     ("no_such_tool", {}, "not_found"),
 ]
 

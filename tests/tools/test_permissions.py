@@ -295,6 +295,16 @@ async def _token_ref(f: Fleet, ok: bool) -> dict[str, Any]:
     return {"token": fresh["details"]["name"]}
 
 
+def _workflow(f: Fleet) -> dict[str, Any]:
+    return {"name": f.unique("walk-"), "steps": [{"id": "a", "task": {"type": "build", "not_before": later()}}]}
+
+
+async def _own_run(f: Fleet, ok: bool) -> dict[str, Any]:
+    """A run the role may see (an agent sees the runs it started; the others see all)."""
+    runner = f.me if ok and f.role is Role.AGENT else f.admin
+    return {"run_id": (await call(runner, "workflow_run", definition=_workflow(f)))["id"]}
+
+
 def _fixed(**arguments: Any) -> Arguments:
     async def arguments_for(f: Fleet, ok: bool) -> dict[str, Any]:
         return dict(arguments)
@@ -335,6 +345,11 @@ ARGUMENTS: dict[str, Arguments] = {
     "budget_reserve": _fixed(amount_usd="1"),
     "budget_release": _budget_release,
     "usage_record": _fixed(model="claude-sonnet-4-5", input_tokens=10, output_tokens=5, cost_usd="0.01"),
+    "workflow_run": _with(lambda f: {"definition": _workflow(f)}),
+    "workflow_get": _own_run,
+    "workflow_list": _fixed(),
+    "workflow_cancel": _own_run,
+    "workflow_template_save": _with(lambda f: {"definition": _workflow(f), "version": "1.0.0"}),
     "approval_list": _fixed(),
     "approval_decide": _approval_decide,
     "audit_query": _fixed(),

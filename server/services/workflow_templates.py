@@ -1,0 +1,140 @@
+"""Workflow templates: named, semver-versioned, immutable definitions. A reference is `name` (the
+newest release), `name@1.2.0` (exactly that) or `name@<npm-style range>` (`^1`, `~1.2`,
+`>=1.0.0 <2.0.0`), resolved to the newest version the range admits."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from semantic_version import NpmSpec, Version
+from sqlalchemy import Connection, select
+
+from server.clock import Clock, to_iso
+from server.domain.principal import SHIPPED, Principal
+from server.domain.views import WorkflowTemplateView
+from server.domain.workflow_definition import parse_definition
+from server.errors import Conflict, InvalidInput, NotFound
+from server.services import audit
+from server.store.database import Database
+from server.store.dialect import insert_ignoring_duplicates
+from server.store.tables import workflow_templates
+
+
+def shipped_templates_dir() -> Path:
+    """workflows/ in a checkout; server/shipped_workflows/ in an installed wheel."""
+    for candidate in (Path(__file__).parents[2] / "workflows", Path(__file__).parents[1] / "shipped_workflows"):
+        if candidate.is_dir():
+            return candidate
+    raise FileNotFoundError("the shipped workflow templates are missing from this installation")
+
+
+def split_ref(ref: str) -> tuple[str, str | None]:
+    name, _, wanted = ref.partition("@")
+    if not name:
+        raise InvalidInput(f"template reference {ref!r} has no name; write name, name@1.2.0 or name@^1")
+    return name, wanted or None
+
+
+def resolve_template(conn: Connection, ref: str) -> tuple[dict[str, Any], str]:
+    """(the definition, "name@version") of the newest version `ref` admits."""
+    name, wanted = split_ref(ref)
+    rows = conn.execute(
+        select(workflow_templates.c.version, workflow_templates.c.definition).where(workflow_templates.c.name == name)
+    ).all()
+    if not rows:
+        raise NotFound(f"no workflow template {name}; save one with workflow_template_save")
+    by_version = {Version(row.version): row.definition for row in rows}
+    try:
+        spec = NpmSpec(wanted or "*")
+    except ValueError as exc:
+        raise InvalidInput(f"template reference {ref!r}: {exc}; write name@1.2.0, name@^1 or name@~1.2") from exc
+    best = spec.select(by_version)
+    if best is None:
+        known = ", ".join(str(v) for v in sorted(by_version))
+        raise NotFound(f"no version of {name} matches {wanted}; there are {known}")
+    return by_version[best], f"{name}@{best}"
+
+
+def _version(text: str) -> str:
+    try:
+        return str(Version(text))
+    except ValueError as exc:
+        raise InvalidInput(f"version {text!r} is not semver (MAJOR.MINOR.PATCH, e.g. 1.2.0)") from exc
+
+
+class WorkflowTemplateService:
+    def __init__(self, db: Database, clock: Clock) -> None:
+        self._db = db
+        self._clock = clock
+
+    async def save(
+        self, principal: Principal, definition: str | dict[str, Any], version: str | None
+    ) -> WorkflowTemplateView:
+        parsed = parse_definition(definition)
+        if version is None and parsed.version is None:
+            raise InvalidInput("a template needs a version: pass version=, or put version: in the definition")
+        if version is not None and parsed.version is not None and _version(version) != _version(parsed.version):
+            raise InvalidInput(f"version={version} disagrees with the definition's version {parsed.version}")
+        chosen = _version(version or parsed.version or "")
+        body = parsed.model_dump(mode="json", exclude_none=True) | {"version": chosen}
+        return await self._db.write(self._save_tx, principal, parsed.name, chosen, body)
+
+    def _save_tx(
+        self, conn: Connection, principal: Principal, name: str, version: str, body: dict[str, Any]
+    ) -> WorkflowTemplateView:
+        existing = conn.execute(
+            select(workflow_templates).where(workflow_templates.c.name == name, workflow_templates.c.version == version)
+        ).first()
+        if existing is not None:
+            if existing.definition != body:
+                raise Conflict(
+                    f"{name}@{version} exists with a different definition; versions are immutable: save a new version"
+                )
+            return _view(existing, created=False)
+        now = self._clock.now_us()
+        values = {"name": name, "version": version, "definition": body, "created_by": principal.id, "created_at": now}
+        conn.execute(workflow_templates.insert().values(values))
+        audit.record(conn, now, principal, "workflow.template_save", f"{name}@{version}", {"steps": len(body["steps"])})
+        row = conn.execute(
+            select(workflow_templates).where(workflow_templates.c.name == name, workflow_templates.c.version == version)
+        ).one()
+        return _view(row, created=True)
+
+    def seed_shipped(self, folder: Path) -> None:
+        """Make the shipped templates available on this store (once per version; never replaced)."""
+        now = self._clock.now_us()
+        bodies = []
+        for path in sorted(folder.glob("*.yaml")):
+            parsed = parse_definition(yaml.safe_load(path.read_text(encoding="utf-8")))
+            version = _version(parsed.version or "")
+            bodies.append(
+                (parsed.name, version, parsed.model_dump(mode="json", exclude_none=True) | {"version": version})
+            )
+
+        def seed(conn: Connection) -> None:
+            for name, version, body in bodies:
+                values = {
+                    "name": name,
+                    "version": version,
+                    "definition": body,
+                    "created_by": SHIPPED.id,
+                    "created_at": now,
+                }
+                insert_ignoring_duplicates(conn, workflow_templates, values, ["name", "version"])
+
+        self._db.write_sync(seed)
+
+
+def _view(row: Any, created: bool) -> WorkflowTemplateView:
+    return WorkflowTemplateView(
+        name=row.name,
+        version=row.version,
+        ref=f"{row.name}@{row.version}",
+        created=created,
+        created_by=row.created_by,
+        created_at=to_iso(row.created_at),
+        steps=[step["id"] for step in row.definition["steps"]],
+        definition=row.definition,
+    )
