@@ -19,6 +19,7 @@ from server import __version__
 TEXT_TASK_TYPE = "text"
 TEXT_TASK_CAPABILITY = "general"
 FLEET_STATUS_SKILL = "fleet-status"
+RUN_WORKFLOW_SKILL = "run-workflow"
 JSONRPC_PATH = "/a2a"
 REST_PATH = "/a2a/rest"
 
@@ -56,6 +57,24 @@ def build_card(base_url: str) -> AgentCard:
                 ],
                 input_modes=["application/json", "text/plain"],
                 output_modes=["application/json"],
+            ),
+            AgentSkill(
+                id=RUN_WORKFLOW_SKILL,
+                name="Run a workflow",
+                description=(
+                    f'Send a data part {{"skill": "{RUN_WORKFLOW_SKILL}", "template": "name@^1" or "definition": '
+                    '{...}, "inputs": {...}}: a DAG of fleet tasks with data passing, conditions, fan-out and '
+                    "consensus starts at once; the answer is a message holding the run (follow it with the MCP "
+                    "tool workflow_get). Shipped templates: research-review-report, compare-providers, "
+                    "validate-claim."
+                ),
+                tags=["orchestration", "workflows"],
+                examples=[
+                    f'{{"skill": "{RUN_WORKFLOW_SKILL}", "template": "research-review-report@^1", '
+                    '"inputs": {"topic": "retries"}}'
+                ],
+                input_modes=["application/json"],
+                output_modes=["application/json", "text/plain"],
             ),
             AgentSkill(
                 id=FLEET_STATUS_SKILL,

@@ -1,10 +1,14 @@
 """Following an orchestrator task as it moves in the store. A follower is woken by the trigger's
 notification (PostgreSQL: a change made on any replica, by any code path) or by any local write
-(SQLite), never by a timer, and then compares one cheap read with what it last saw."""
+(SQLite), and then compares one cheap read with what it last saw. Only as a backstop does it also
+look every AGENTFLEET_CLAIM_RECHECK_S: for a change another process made in the same SQLite file
+(a stdio session), which nothing here can hear, or a notification lost with the listener."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
+from contextlib import suppress
 
 from server.domain.principal import Principal
 from server.domain.statuses import TaskStatus
@@ -33,4 +37,5 @@ async def changes(services: Services, principal: Principal, seen: TaskView) -> A
                 yield view
                 if view.status in FINAL:
                     return
-            await woken.wait()
+            with suppress(TimeoutError):
+                await asyncio.wait_for(woken.wait(), services.settings.claim_recheck_s)

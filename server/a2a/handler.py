@@ -41,16 +41,19 @@ from a2a.utils.errors import (
 from a2a.utils.task import apply_history_length, validate_history_length, validate_page_size
 
 from server.a2a.caller import principal_of
+from server.a2a.card import FLEET_STATUS_SKILL
 from server.a2a.follow import changes
 from server.a2a.mapping import (
-    asks_for_status,
+    data_message,
     mirror,
     result_artifact,
+    skill_of,
     spec_from_message,
     status_message,
     statuses_for,
+    workflow_request,
 )
-from server.domain.permissions import A2A_CANCEL, A2A_READ, A2A_SEND, A2A_STATUS
+from server.domain.permissions import A2A_CANCEL, A2A_READ, A2A_SEND, A2A_STATUS, A2A_WORKFLOW
 from server.domain.principal import Principal
 from server.domain.statuses import TaskStatus as Orchestrated
 from server.domain.views import TaskView
@@ -205,14 +208,25 @@ class FleetRequestHandler(RequestHandler):
         await self._services.a2a_records.save(principal, task.id, task.context_id, task.SerializeToString())
         return task, view
 
-    async def _fleet_status(self, context: ServerCallContext, message: Message) -> Message:
-        await self._admit(context, A2A_STATUS, "")
-        return status_message(await self._services.fleet.status(), message.context_id or new_id(MESSAGE))
+    async def _skill(self, context: ServerCallContext, message: Message, skill: str) -> Message:
+        """The skills that answer at once, with a Message: fleet status, and starting a workflow."""
+        context_id = message.context_id or new_id(MESSAGE)
+        if skill == FLEET_STATUS_SKILL:
+            await self._admit(context, A2A_STATUS, "")
+            return status_message(await self._services.fleet.status(), context_id)
+        principal = await self._admit(context, A2A_WORKFLOW, "")
+        try:
+            definition, template, inputs = workflow_request(message)
+            run_id = await self._services.workflows.run(principal, definition, template, inputs)
+        except FleetError as exc:
+            raise InvalidParamsError(message=str(exc)) from exc
+        run = await self._services.workflows.get(principal, run_id)
+        return data_message(f"workflow run {run.id} ({run.name}) started", run.model_dump(mode="json"), context_id)
 
     @validate_request_params
     async def on_message_send(self, params: SendMessageRequest, context: ServerCallContext) -> Task | Message:
-        if asks_for_status(params.message):
-            return await self._fleet_status(context, params.message)
+        if skill := skill_of(params.message):
+            return await self._skill(context, params.message, skill)
         principal = await self._admit(context, A2A_SEND, params.message.task_id)
         validate_history_length(params.configuration)
         task, view = await self._accept(principal, params.message)
@@ -241,8 +255,8 @@ class FleetRequestHandler(RequestHandler):
     async def on_message_send_stream(
         self, params: SendMessageRequest, context: ServerCallContext
     ) -> AsyncGenerator[Event]:
-        if asks_for_status(params.message):
-            yield await self._fleet_status(context, params.message)
+        if skill := skill_of(params.message):
+            yield await self._skill(context, params.message, skill)
             return
         principal = await self._admit(context, A2A_SEND, params.message.task_id)
         validate_history_length(params.configuration)

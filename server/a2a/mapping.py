@@ -8,7 +8,7 @@ from a2a.helpers import get_data_parts, get_text_parts, new_data_part, new_text_
 from a2a.types import Artifact, Message, Role, Task, TaskState
 from pydantic import ValidationError
 
-from server.a2a.card import FLEET_STATUS_SKILL, TEXT_TASK_CAPABILITY, TEXT_TASK_TYPE
+from server.a2a.card import FLEET_STATUS_SKILL, RUN_WORKFLOW_SKILL, TEXT_TASK_CAPABILITY, TEXT_TASK_TYPE
 from server.domain.statuses import TaskStatus
 from server.domain.task_spec import TaskSpec
 from server.domain.views import FleetStatus, TaskView
@@ -45,21 +45,39 @@ def restore_ints(value: Any) -> Any:
     return value
 
 
-def asks_for_status(message: Message) -> bool:
-    """The fleet-status skill: a data part {"skill": "fleet-status"}, answered at once with a
-    Message rather than queued as a task."""
+def skill_of(message: Message) -> str | None:
+    """The skills answered at once with a Message rather than queued as a task: a first data part
+    {"skill": "fleet-status"} or {"skill": "run-workflow", …}."""
     data = get_data_parts(message.parts)
-    return bool(data) and isinstance(data[0], dict) and data[0].get("skill") == FLEET_STATUS_SKILL
+    if data and isinstance(data[0], dict) and data[0].get("skill") in (FLEET_STATUS_SKILL, RUN_WORKFLOW_SKILL):
+        return str(data[0]["skill"])
+    return None
 
 
-def status_message(status: FleetStatus, context_id: str) -> Message:
-    summary = ", ".join(f"{count} {state}" for state, count in sorted(status.totals.items())) or "nothing yet"
+def workflow_request(message: Message) -> tuple[Any, str | None, dict[str, Any] | None]:
+    """(definition, template, inputs) from a run-workflow data part."""
+    body = restore_ints(get_data_parts(message.parts)[0])
+    unknown = set(body) - {"skill", "definition", "template", "inputs"}
+    if unknown:
+        raise InvalidInput(f"unknown run-workflow fields {sorted(unknown)}; allowed: definition, template, inputs")
+    inputs = body.get("inputs")
+    if inputs is not None and not isinstance(inputs, dict):
+        raise InvalidInput("run-workflow inputs must be an object of input values")
+    return body.get("definition"), body.get("template"), inputs
+
+
+def data_message(text: str, data: Any, context_id: str) -> Message:
     return Message(
         message_id=new_id(MESSAGE),
         context_id=context_id,
         role=Role.ROLE_AGENT,
-        parts=[new_text_part(f"fleet: {summary}"), new_data_part(status.model_dump(mode="json"))],
+        parts=[new_text_part(text), new_data_part(data)],
     )
+
+
+def status_message(status: FleetStatus, context_id: str) -> Message:
+    summary = ", ".join(f"{count} {state}" for state, count in sorted(status.totals.items())) or "nothing yet"
+    return data_message(f"fleet: {summary}", status.model_dump(mode="json"), context_id)
 
 
 def spec_from_message(message: Message) -> TaskSpec:

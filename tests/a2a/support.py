@@ -22,7 +22,9 @@ if TYPE_CHECKING:
 
     from tests.serving import FleetServer
 
-EVENT_TIMEOUT_S = 15
+# Under AGENTFLEET_CLAIM_RECHECK_S (10 s), a follower's backstop re-read: an event this soon came from
+# the change notification itself.
+EVENT_TIMEOUT_S = 8
 
 
 @asynccontextmanager

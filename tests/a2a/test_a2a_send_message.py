@@ -72,7 +72,7 @@ async def test_agent_card_publishes_skills_bearer_auth_and_both_endpoints(shared
     async with shared_fleet.http() as anonymous:  # the card is public
         card: AgentCard = await A2ACardResolver(anonymous, shared_fleet.base_url).get_agent_card()
     assert card.name == "agentfleet orchestrator"
-    assert {skill.id for skill in card.skills} == {"submit-task", "fleet-status"}
+    assert {skill.id for skill in card.skills} == {"submit-task", "run-workflow", "fleet-status"}
     assert card.capabilities.streaming
     scheme = card.security_schemes["bearer"]
     assert scheme.WhichOneof("scheme") == "http_auth_security_scheme"

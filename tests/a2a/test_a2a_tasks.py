@@ -263,3 +263,18 @@ async def test_an_idempotency_key_sent_twice_answers_with_the_first_task(module_
         assert stranger.status.state == TaskState.TASK_STATE_REJECTED
         assert get_message_text(stranger.status.message).startswith("conflict")
         assert [t.id for t in (await other.list_tasks(ListTasksRequest())).tasks] == [stranger.id]
+
+
+async def test_the_run_workflow_skill_starts_a_run_and_answers_with_it(module_fleet: FleetServer) -> None:
+    async with module_fleet.mcp() as admin:
+        await call(admin, "agent_spawn", profile="researcher")  # the template's first step needs `research`
+    request = {"skill": "run-workflow", "template": "research-review-report@^1", "inputs": {"topic": "queues"}}
+    async with open_a2a(module_fleet) as client, module_fleet.mcp() as admin:
+        [response] = [r async for r in client.send_message(request_for(request))]
+        assert response.WhichOneof("payload") == "message"
+        run = MessageToDict(response.message.parts[1])["data"]
+        assert run["id"].startswith("wfr_") and run["template"] == "research-review-report@1.0.0"
+        assert (await call(admin, "workflow_get", run_id=run["id"]))["status"] == "running"
+        with pytest.raises(Exception, match="not_found: no workflow template nothing-here"):
+            async for _ in client.send_message(request_for({"skill": "run-workflow", "template": "nothing-here"})):
+                pass
