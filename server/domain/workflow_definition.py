@@ -469,12 +469,6 @@ def upstream(definition: WorkflowDefinition) -> dict[str, frozenset[str]]:
     return found
 
 
-def topological_order(definition: WorkflowDefinition) -> list[str]:
-    """Dependencies first; among steps ready together, definition order."""
-    depends_on = {s.id: s.depends_on for s in definition.steps}
-    return _stable_order(list(depends_on), depends_on)
-
-
 def _stable_order(nodes: Sequence[str], depends_on: Mapping[str, Sequence[str]]) -> list[str]:
     position = {node: index for index, node in enumerate(nodes)}
     waiting = {node: len(set(depends_on.get(node, ()))) for node in nodes}

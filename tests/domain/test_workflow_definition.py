@@ -25,7 +25,6 @@ from server.domain.workflow_definition import (
     fan_out_items,
     parse_definition,
     task_spec_for,
-    topological_order,
     upstream,
 )
 from server.errors import InvalidInput
@@ -398,11 +397,6 @@ def test_upstream_is_transitive():
         "d": frozenset({"a", "b", "c"}),
         "e": frozenset({"a", "b", "c", "d", "late"}),
     }
-
-
-def test_topological_order_is_stable():
-    assert topological_order(diamond()) == ["late", "a", "b", "c", "d", "e"]
-    assert topological_order(parse_definition(EXAMPLE)) == ["research", "review", "per_file", "vote"]
 
 
 def test_a_step_may_read_any_transitive_upstream():
