@@ -78,9 +78,6 @@ class FleetRequestHandler(RequestHandler):
     def __init__(self, services: Services) -> None:
         self._services = services
 
-    async def aclose(self) -> None:
-        """Streams end when the services close (`task_changes.close`); nothing else runs here."""
-
     # -- the door ------------------------------------------------------------------------------
     async def _admit(self, context: ServerCallContext, request: str, subject: str) -> Principal:
         try:

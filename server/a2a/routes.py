@@ -37,7 +37,6 @@ class A2ARoutes:
     card: list[BaseRoute]  # public
     jsonrpc: list[BaseRoute]  # at JSONRPC_PATH; to protect
     rest: Router  # HTTP+JSON, to mount at REST_PATH and protect
-    handler: FleetRequestHandler
 
 
 def a2a_routes(services: Services) -> A2ARoutes:
@@ -50,5 +49,4 @@ def a2a_routes(services: Services) -> A2ARoutes:
         # The SDK adds a /{tenant} catch-all beside the plain paths; inside its own Router under
         # REST_PATH it cannot shadow anything else.
         rest=Router(routes=create_rest_routes(handler, context_builder=builder)),
-        handler=handler,
     )

@@ -98,7 +98,6 @@ def create_app(
             background_loops(services, supervise=True),
         ):  # Starlette never runs a mounted app's lifespan
             yield
-        await a2a.handler.aclose()
 
     routes = [
         Route("/healthz", _healthz, methods=["GET"]),
