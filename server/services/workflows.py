@@ -5,6 +5,7 @@ step it finishes, and two replicas never advance one step twice."""
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
@@ -40,6 +41,7 @@ from server.store.database import Database
 from server.store.dialect import lock_row
 from server.store.tables import tasks, workflow_runs, workflow_steps
 
+DEFINITION_CACHE = 256
 FAILED_TASK = frozenset({TaskStatus.FAILED.value, TaskStatus.DEAD.value, TaskStatus.CANCELLED.value})
 
 
@@ -51,7 +53,20 @@ class WorkflowService:
         self._clock = clock
         self._tasks = tasks_service
         self._access = access
+        self._definitions: OrderedDict[str, WorkflowDefinition] = OrderedDict()
         task_ends.subscribe(self._task_ended)
+
+    def _definition(self, run: Row[Any]) -> WorkflowDefinition:
+        """A run's definition never changes once stored, so each replica validates it once, not
+        at every task end (a fan-out's thousand). The cache is bounded; a miss re-reads the row."""
+        cached = self._definitions.get(run.id)
+        if cached is None:
+            cached = self._definitions[run.id] = WorkflowDefinition.model_validate(run.definition)
+            while len(self._definitions) > DEFINITION_CACHE:
+                self._definitions.popitem(last=False)
+        else:
+            self._definitions.move_to_end(run.id)
+        return cached
 
     # -- starting ------------------------------------------------------------------------------
     async def run(
@@ -132,7 +147,7 @@ class WorkflowService:
         if step.status != StepStatus.RUNNING.value:
             return
         now = self._clock.now_us()
-        spec = _definition(run).step(task.workflow_step)
+        spec = self._definition(run).step(task.workflow_step)
         if spec.consensus is not None:
             ended = self._count_vote(conn, run, step, spec, now)
         elif task.status in FAILED_TASK:
@@ -216,7 +231,7 @@ class WorkflowService:
         """Start every step whose dependencies have all ended, skip those that cannot run, and end
         the run when every step has. Repeats until nothing changes (skips cascade). `strict`: a
         step that cannot start is the caller's error (workflow_run), not a failed step."""
-        definition = _definition(run)
+        definition = self._definition(run)
         while True:
             states = self._step_states(conn, run.id)
             failed = [s for s, st in states.items() if st["status"] == StepStatus.FAILED.value]
@@ -340,7 +355,7 @@ class WorkflowService:
         if run is None or not _may_see(principal, run):
             raise NotFound(f"no workflow run {run_id}")
         now = self._clock.now_us()
-        definition = _definition(run)
+        definition = self._definition(run)
         rows = {r.step_id: r for r in conn.execute(select(workflow_steps).where(workflow_steps.c.run_id == run_id))}
         counts: dict[str, dict[str, int]] = {}
         for step_id, status, count in conn.execute(
@@ -441,10 +456,6 @@ class WorkflowService:
         if step_id is not None:
             query = query.where(tasks.c.workflow_step == step_id)
         return list(conn.execute(query).scalars())
-
-
-def _definition(run: Row[Any]) -> WorkflowDefinition:
-    return WorkflowDefinition.model_validate(run.definition)
 
 
 def _submitter(run: Row[Any]) -> Principal:
