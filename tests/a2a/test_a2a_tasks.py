@@ -206,8 +206,12 @@ async def test_a_follow_up_message_joins_the_task_history(module_fleet: FleetSer
         responses = [r async for r in client.send_message(follow_up)]
         [answer] = responses
         assert answer.task.id == task.id and answer.task.status.state == SUBMITTED
+        # The SDK trap: a follow-up naming the task but no context joins the task's own context.
+        [bare] = [r async for r in client.send_message(request_for("no context given", task_id=task.id))]
+        assert bare.task.id == task.id and bare.task.context_id == task.context_id
         fetched = await client.get_task(GetTaskRequest(id=task.id))
-        assert [get_message_text(m) for m in fetched.history][-1] == "please hurry"
+        assert [get_message_text(m) for m in fetched.history][-2:] == ["please hurry", "no context given"]
+        assert {m.context_id for m in fetched.history} == {task.context_id}
 
         with pytest.raises(Exception, match="is not the context"):
             async for _ in client.send_message(request_for("wrong", task_id=task.id, context_id="ctx-other")):

@@ -370,3 +370,32 @@ async def test_a_first_step_that_cannot_start_refuses_the_run(connect) -> None:
         refused = await call_error(admin, "workflow_run", definition=definition)
         assert refused.code == "invalid_input" and "step 'a' cannot start" in refused.text
         assert (await call(admin, "workflow_list"))["runs"] == []
+
+
+async def test_first_k_consensus_decides_when_k_agree_and_cancels_the_rest(connect) -> None:
+    async with connect() as admin:
+        tokens = [await spawn_worker(admin) for _ in range(3)]
+        run = await call(admin, "workflow_run", definition=vote_definition("first_k", k=2, agents=4))
+        for token, verdict in zip(tokens, ["yes", "no", "yes"], strict=True):
+            async with connect(token) as agent:
+                await work_one(agent, {"verdict": verdict})
+        done = await call(admin, "workflow_get", run_id=run["id"])
+    judged = step(done, "judge")
+    assert judged["status"] == "completed" and judged["result"]["value"] == {"verdict": "yes"}
+    assert judged["result"]["received"] == 3 and judged["tasks"] == {"completed": 3, "cancelled": 1}
+
+
+async def test_a_step_may_override_the_workflow_failure_policy(connect) -> None:
+    definition = parallel("continue")
+    definition["steps"][0]["on_failure"] = "fail_fast"  # flaky stops the run though the workflow continues
+    async with connect() as admin:
+        token = await spawn_worker(admin)
+        run = await call(admin, "workflow_run", definition=definition)
+        async with connect(token) as agent:
+            flaky = (await call(agent, "task_claim"))["task"]
+            await call(agent, "task_fail", task_id=flaky["id"], error="broken", retryable=False)
+        done = await call(admin, "workflow_get", run_id=run["id"])
+        listed = await call(admin, "workflow_list", status="failed", name="parallel")
+    assert done["status"] == "failed" and step(done, "slow")["status"] == "cancelled"
+    assert [r["id"] for r in listed["runs"]] == [run["id"]]
+    assert listed["runs"][0]["steps"] == {"failed": 1, "cancelled": 3}
