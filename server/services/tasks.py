@@ -311,23 +311,29 @@ class TaskService:
     def cancel_in(self, conn: Connection, task_ids: list[str], reason: str, now: int) -> None:
         """Cancel tasks inside the caller's transaction (a workflow ending a step or a run): those
         waiting end now, running ones are asked to stop. Their ends are not reported back."""
-        if not task_ids:
-            return
-        error = f"cancelled: {reason}"
+        if task_ids:
+            self._cancel_rows(conn, task_ids, f"cancelled: {reason}", now)
+
+    @staticmethod
+    def _cancel_rows(conn: Connection, task_ids: list[str], error: str, now: int) -> int:
+        """Those waiting (queued, or for approval) end now and their approvals are withdrawn;
+        running ones are cancelled cooperatively: the holder learns it on heartbeat, and the
+        reaper ends it when the lease runs out. Returns how many rows changed."""
         waiting = conn.execute(
             update(tasks)
             .where(tasks.c.id.in_(task_ids), tasks.c.status.in_(_QUEUE_CANCELLABLE))
             .values(status=TaskStatus.CANCELLED.value, finished_at=now, updated_at=now, error=error)
             .returning(tasks.c.approval_id)
-        ).scalars()
-        for approval_id in waiting:
+        ).all()
+        for (approval_id,) in waiting:
             if approval_id is not None:
                 withdraw(conn, approval_id, now)
-        conn.execute(
+        running = conn.execute(
             update(tasks)
             .where(tasks.c.id.in_(task_ids), tasks.c.status == TaskStatus.RUNNING.value)
             .values(cancel_requested=True, updated_at=now, error=error)
-        )
+        ).rowcount
+        return len(waiting) + running
 
     async def mark(self, task_id: str) -> tuple[str, int, int | None, str | None] | None:
         """(status, attempts, progress, progress message): what someone following a task compares
@@ -351,31 +357,13 @@ class TaskService:
         if not (principal.can_operate or principal.id == row.submitted_by):
             raise PermissionDenied(f"task {task_id} is not yours to cancel: only its submitter or an operator may")
         error = f"cancelled by {principal.id}" + (f": {reason}" if reason else "")
-        done = conn.execute(
-            update(tasks)
-            .where(tasks.c.id == task_id, tasks.c.status.in_(_QUEUE_CANCELLABLE))
-            .values(status=TaskStatus.CANCELLED.value, finished_at=now, updated_at=now, error=error)
-        ).rowcount
-        if not done:
-            # A running task is cancelled cooperatively: its holder learns it on heartbeat, and the
-            # reaper ends it when the lease runs out.
-            done = conn.execute(
-                update(tasks)
-                .where(
-                    tasks.c.id == task_id,
-                    tasks.c.status == TaskStatus.RUNNING.value,
-                )
-                .values(cancel_requested=True, updated_at=now, error=error)
-            ).rowcount
-        if not done:  # it moved on since we read it: say where it is now
+        if not self._cancel_rows(conn, [task_id], error, now):  # it moved on since we read it: say where
             now_status = conn.execute(select(tasks.c.status).where(tasks.c.id == task_id)).scalar_one()
             raise Conflict(f"task {task_id} is already {now_status}")
-        if row.approval_id is not None and row.status == TaskStatus.PENDING_APPROVAL:
-            withdraw(conn, row.approval_id, now)
         after = conn.execute(select(tasks).where(tasks.c.id == task_id)).one()
-        if after.status == TaskStatus.CANCELLED:
-            self._task_ends.ended(conn, after)
         audit.record(
             conn, now, principal.because(reason), "task.cancel", task_id, {"reason": reason}, before=row, after=after
         )
+        if after.status == TaskStatus.CANCELLED:
+            self._task_ends.ended(conn, after)
         return task_view(after, approval=approval_of(conn, after))
