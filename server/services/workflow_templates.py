@@ -7,14 +7,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
 from semantic_version import NpmSpec, Version
 from sqlalchemy import Connection, select
 
 from server.clock import Clock, to_iso
 from server.domain.principal import SHIPPED, Principal
 from server.domain.views import WorkflowTemplateView
-from server.domain.workflow_definition import parse_definition
+from server.domain.workflow_definition import WorkflowDefinition, parse_definition
 from server.errors import Conflict, InvalidInput, NotFound
 from server.services import audit
 from server.store.database import Database
@@ -78,7 +77,7 @@ class WorkflowTemplateService:
         if version is not None and parsed.version is not None and _version(version) != _version(parsed.version):
             raise InvalidInput(f"version={version} disagrees with the definition's version {parsed.version}")
         chosen = _version(version or parsed.version or "")
-        body = parsed.model_dump(mode="json", exclude_none=True) | {"version": chosen}
+        body = _stored(parsed, chosen)
         return await self._db.write(self._save_tx, principal, parsed.name, chosen, body)
 
     def _save_tx(
@@ -107,11 +106,9 @@ class WorkflowTemplateService:
         now = self._clock.now_us()
         bodies = []
         for path in sorted(folder.glob("*.yaml")):
-            parsed = parse_definition(yaml.safe_load(path.read_text(encoding="utf-8")))
+            parsed = parse_definition(path.read_text(encoding="utf-8"))  # the definitions' own safe YAML loader
             version = _version(parsed.version or "")
-            bodies.append(
-                (parsed.name, version, parsed.model_dump(mode="json", exclude_none=True) | {"version": version})
-            )
+            bodies.append((parsed.name, version, _stored(parsed, version)))
 
         def seed(conn: Connection) -> None:
             for name, version, body in bodies:
@@ -125,6 +122,11 @@ class WorkflowTemplateService:
                 insert_ignoring_duplicates(conn, workflow_templates, values, ["name", "version"])
 
         self._db.write_sync(seed)
+
+
+def _stored(parsed: WorkflowDefinition, version: str) -> dict[str, Any]:
+    """The definition as a template row keeps it: validated, with its normalised version."""
+    return parsed.model_dump(mode="json", exclude_none=True) | {"version": version}
 
 
 def _view(row: Any, created: bool) -> WorkflowTemplateView:
