@@ -7,6 +7,7 @@ from fnmatch import fnmatchcase
 from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from semantic_version import NpmSpec
 
 from server.domain.approval import Decision
 from server.domain.budget import POOL_NAME
@@ -46,6 +47,17 @@ class ProcessSpec(BaseModel):
         default=DEFAULT_PASSTHROUGH, max_length=64, description="variables copied from the server's environment"
     )
     stop_timeout_s: float = Field(10.0, ge=0.1, le=3600, description="SIGTERM to SIGKILL on a graceful stop")
+    executes_payload: bool = Field(
+        False,
+        description="its command runs task payloads as code (a shell, an LLM with tools): its agents claim only "
+        "tasks whose submitter holds permissions.execute",
+    )
+    allow_read: tuple[Annotated[str, Field(pattern=r"^/", max_length=1000)], ...] = Field(
+        default=(), max_length=32, description="extra absolute paths the confined process may read and execute"
+    )
+    allow_write: tuple[Annotated[str, Field(pattern=r"^/", max_length=1000)], ...] = Field(
+        default=(), max_length=32, description="extra absolute paths the confined process may write"
+    )
 
     @field_validator("env")
     @classmethod
@@ -115,6 +127,9 @@ class ProfileLimits(BaseModel):
 
 
 Pattern = Annotated[str, Field(min_length=1, max_length=300)]
+# A profile name, optionally with a version or an npm-style range: no wildcards, so a profile that
+# may spawn a process agent always names it.
+SPAWN_ENTRY = r"^[a-z][a-z0-9_-]{0,63}(@[0-9A-Za-z.^~<>=*| -]{1,60})?$"
 
 
 class ProfilePermissions(BaseModel):
@@ -130,6 +145,13 @@ class ProfilePermissions(BaseModel):
     )
     lock_resources: tuple[Pattern, ...] | None = Field(
         None, max_length=64, description="resource names it may lock; a trailing /** allows a subtree"
+    )
+    capabilities: tuple[Pattern, ...] | None = Field(
+        None, max_length=64, description="capabilities the tasks it submits may require (shell-style patterns)"
+    )
+    execute: bool = Field(
+        False,
+        description="its tasks may be run as code by agents whose profile executes payloads (e.g. shell-worker)",
     )
 
     @field_validator("tools")
@@ -185,6 +207,23 @@ class Profile(BaseModel):
     restart: RestartPolicy = Field(default_factory=RestartPolicy)
     autoscale: Autoscale | None = Field(None, description="runtime process: keep a number of agents by demand")
     a2a: A2APeer | None = Field(None, description="runtime a2a: the remote agent (or give a2a_url at spawn)")
+    spawn: tuple[Annotated[str, Field(pattern=SPAWN_ENTRY)], ...] = Field(
+        default=(),
+        max_length=64,
+        description="profiles its agents may spawn: names, or name@range (researcher@^1); none by default",
+    )
+
+    @field_validator("spawn")
+    @classmethod
+    def _spawn_ranges(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for entry in value:
+            _, _, wanted = entry.partition("@")
+            if wanted:
+                try:
+                    NpmSpec(wanted)
+                except ValueError as exc:
+                    raise ValueError(f"spawn entry {entry!r}: {exc}; write name, name@1.2.0 or name@^1") from None
+        return value
 
     @model_validator(mode="after")
     def _runtime_fits(self) -> Profile:
@@ -195,6 +234,10 @@ class Profile(BaseModel):
         if self.a2a is not None and self.runtime is not Runtime.A2A:
             raise ValueError("an `a2a:` section needs runtime a2a")
         return self
+
+    @property
+    def executes_payload(self) -> bool:
+        return self.process is not None and self.process.executes_payload
 
     @property
     def ref(self) -> str:

@@ -6,26 +6,13 @@ request's content (task types, resource names), by the service that handles it."
 from __future__ import annotations
 
 from collections.abc import Iterable
-from fnmatch import fnmatchcase
 
+from server.domain.delegation import lock_allowed, matches
 from server.domain.permissions import roles_for
 from server.domain.principal import Principal, Role
 from server.domain.profile import Profile
-from server.domain.resources import parse_name
 from server.errors import InvalidInput, PermissionDenied
 from server.services.profiles import ProfileRegistry
-
-
-def matches(value: str, patterns: Iterable[str]) -> bool:
-    return any(fnmatchcase(value, pattern) for pattern in patterns)
-
-
-def _allows_lock(allowed: Iterable[tuple[str, bool]], name: str) -> bool:
-    """A pattern allows a name it covers; a subtree request needs a subtree pattern covering it."""
-    key, subtree = parse_name(name)
-    return any(
-        (key == prefix or (wide and key.startswith(prefix + "/"))) and (wide or not subtree) for prefix, wide in allowed
-    )
 
 
 class AccessPolicy:
@@ -73,8 +60,36 @@ class AccessPolicy:
         profile = self.profile_of(principal)
         if profile is None or profile.permissions.lock_resources is None:
             return
-        allowed = [parse_name(pattern) for pattern in profile.permissions.lock_resources]
         for name in names:
-            if not _allows_lock(allowed, name):
+            if not lock_allowed(profile.permissions.lock_resources, name):
                 patterns = ", ".join(profile.permissions.lock_resources) or "none"
                 raise PermissionDenied(f"profile {profile.ref} may not lock {name}; allowed: {patterns}")
+
+    def may_execute(self, principal: Principal) -> bool:
+        """Whether work this principal submits may be run as code by payload-running agents."""
+        if principal.can_operate:
+            return True
+        profile = self.profile_of(principal)
+        return profile is not None and profile.permissions.execute
+
+    def check_capabilities(self, principal: Principal, capabilities: Iterable[str]) -> None:
+        """The capabilities a submitter's task may require: its profile's list, and none that only
+        payload-running profiles serve unless it may have code run."""
+        needed = sorted(set(capabilities))
+        profile = self.profile_of(principal)
+        if profile is not None and (allowed := profile.permissions.capabilities) is not None:
+            refused = [c for c in needed if not matches(c, allowed)]
+            if refused:
+                raise PermissionDenied(
+                    f"profile {profile.ref} may not submit tasks requiring {', '.join(refused)}; "
+                    f"allowed: {', '.join(allowed) or 'none'}"
+                )
+        if self.may_execute(principal):
+            return
+        runners = self._profiles.payload_runners_only(needed)
+        if runners:
+            raise PermissionDenied(
+                f"capability {', '.join(runners)} is served only by agents that run their task's payload as code "
+                f"({', '.join(sorted({r for rs in runners.values() for r in rs}))}); submitting to them needs "
+                "`permissions.execute: true` in your profile, or an operator"
+            )

@@ -13,6 +13,7 @@ from sqlalchemy import BigInteger, Connection, Row, bindparam, cast, func, selec
 from server.clock import MICROS, Clock, to_iso
 from server.domain.budget import POOL_NAME
 from server.domain.capabilities import validate_capabilities
+from server.domain.delegation import widened_fields
 from server.domain.principal import REAPER, Principal
 from server.domain.profile import Profile, Runtime
 from server.domain.statuses import LIVE_AGENT_STATUSES, AgentStatus, agent_sources
@@ -25,7 +26,7 @@ from server.services.auth import hash_token, new_agent_token
 from server.services.budget_rows import applicable_to_child, refuse_if_blocked, release_holds_of
 from server.services.leases import LeaseService
 from server.services.locks import LockService
-from server.services.profiles import ProfileRegistry
+from server.services.profiles import ProfileRegistry, admits
 from server.store.database import Database
 from server.store.dialect import take_turns
 from server.store.tables import agents
@@ -201,6 +202,7 @@ class AgentService:
                 raise PermissionDenied("an agent may spawn children only under itself; omit parent_id")
             if a2a_url is not None:  # the server would fetch any URL it names, internal hosts included
                 raise PermissionDenied("a2a_url is for admins and operators; an agent spawns peers its profiles name")
+            self._check_spawn_list(principal, chosen)
             parent_id = principal.agent_id
         token = new_agent_token()
         launch, peer_skills = await self._launch_for(chosen, token, a2a_url)
@@ -214,6 +216,7 @@ class AgentService:
             labels,
             sorted({*chosen.pools, *pools}),
             launch,
+            frozenset(extra),
         )
         if launch.next_start_at is not None and self.runner is not None:
             self.runner.wake()
@@ -247,11 +250,14 @@ class AgentService:
         labels: dict[str, str],
         pools: list[str],
         launch: Launch,
+        extra_capabilities: frozenset[str] = frozenset(),
     ) -> Row[Any]:
         now = self._clock.now_us()
         depth = 0
         if parent_id is not None:
-            depth = self._check_parent(conn, parent_id)
+            depth = self._check_parent(conn, parent_id, chosen)
+            if principal.agent_id is not None:
+                self._check_added_capabilities(conn, parent_id, extra_capabilities)
         refuse_if_blocked(applicable_to_child(conn, parent_id, chosen.name, pools), now, "spawn")
         self._check_fleet_size(conn)
         agent_id = new_id(AGENT)
@@ -276,6 +282,7 @@ class AgentService:
                 replica_id=launch.replica_id,
                 next_start_at=launch.next_start_at,
                 a2a_url=launch.a2a_url,
+                runs_payloads=chosen.executes_payload,
             )
         )
         audit.record(
@@ -301,7 +308,29 @@ class AgentService:
                 "terminate some, or raise the setting"
             )
 
-    def _check_parent(self, conn: Connection, parent_id: str) -> int:
+    def _check_spawn_list(self, principal: Principal, chosen: Profile) -> None:
+        """An agent spawns only profiles its own profile names: none unless it says so, and a
+        process agent (code this server runs) only when named outright."""
+        try:
+            spawner = self._profiles.resolve(principal.profile or "")
+        except InvalidInput:
+            raise PermissionDenied(
+                f"your profile {principal.profile} is no longer installed; it may spawn nothing"
+            ) from None
+        if not any(admits(entry, chosen) for entry in spawner.spawn):
+            allowed = ", ".join(spawner.spawn) or "none"
+            raise PermissionDenied(f"profile {spawner.ref} may not spawn {chosen.ref}; its spawn list: {allowed}")
+
+    @staticmethod
+    def _check_added_capabilities(conn: Connection, parent_id: str, extra: frozenset[str]) -> None:
+        """Capabilities an agent adds to its child are ones it has itself: a child must not be
+        routed work its parent could never receive."""
+        own = frozenset(conn.execute(select(agents.c.capabilities).where(agents.c.id == parent_id)).scalar() or ())
+        beyond = sorted(extra - own)
+        if beyond:
+            raise PermissionDenied(f"a child may not get capabilities its parent lacks: {', '.join(beyond)}")
+
+    def _check_parent(self, conn: Connection, parent_id: str, chosen: Profile) -> int:
         # FOR UPDATE serializes concurrent spawns under one parent on PostgreSQL, so the
         # children count below cannot be raced past; SQLite's write lock already does.
         parent = conn.execute(select(agents).where(agents.c.id == parent_id).with_for_update()).first()
@@ -309,7 +338,14 @@ class AgentService:
             raise NotFound(f"no agent {parent_id}")
         if parent.status not in _LIVE:
             raise Conflict(f"parent {parent_id} is {parent.status}; only a live agent can have children")
-        limits = self._profiles.resolve(f"{parent.profile}@{parent.profile_version}").limits
+        parent_profile = self._profiles.resolve(f"{parent.profile}@{parent.profile_version}")
+        widened = widened_fields(parent_profile, chosen)
+        if widened:
+            raise PermissionDenied(
+                f"a child of {parent_id} ({parent_profile.ref}) may not have more power than it: "
+                f"profile {chosen.ref} widens {', '.join(widened)}"
+            )
+        limits = parent_profile.limits
         live_children = conn.execute(
             select(func.count()).select_from(agents).where(agents.c.parent_id == parent_id, agents.c.status.in_(_LIVE))
         ).scalar_one()

@@ -10,11 +10,12 @@ from sqlalchemy import Connection, Row, select, update
 
 from server.clock import MICROS, to_iso
 from server.domain.approval import ApprovalStatus, Decision
+from server.domain.delegation import matches
 from server.domain.money import to_micros, usd
 from server.domain.principal import Principal
 from server.domain.task_spec import TaskSpec
 from server.domain.views import ApprovalView
-from server.services.access import AccessPolicy, matches
+from server.services.access import AccessPolicy
 from server.services.budget_rows import applicable, spender_of
 from server.store.tables import approvals
 

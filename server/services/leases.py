@@ -88,6 +88,7 @@ class _ClaimOutcome:
     capabilities: frozenset[str]
     heartbeat_timeout_s: int
     at_capacity: bool = False
+    runs_payloads: bool = False
 
 
 @dataclass(frozen=True)
@@ -136,7 +137,9 @@ class LeaseService:
         # Literal 'queued' so SQLite can use the partial queue index; the capability test runs in SQL.
         head = (
             "SELECT id FROM orch_tasks WHERE status = 'queued' AND ready_at <= :now "
-            "AND (pinned_agent_id IS NULL OR pinned_agent_id = :me) AND "
+            "AND (pinned_agent_id IS NULL OR pinned_agent_id = :me) "
+            # An agent that runs payloads as code takes only work whose submitter may have code run.
+            "AND (executable OR NOT :exec_only) AND "
             + json_subset(dialect, "orch_tasks.capabilities", ":caps")
             # A consensus step's votes go to distinct agents (ux_orch_tasks_distinct_group backs it).
             + " AND (distinct_group IS NULL OR NOT EXISTS (SELECT 1 FROM orch_tasks AS mine "
@@ -184,6 +187,7 @@ class LeaseService:
             while True:
                 outcome = await self._db.write(self._claim_tx, principal)
                 waiter.capabilities = outcome.capabilities
+                waiter.runs_payloads = outcome.runs_payloads
                 # A parked claim is silence to the supervisor: answer within half the agent's
                 # heartbeat timeout, so its next call keeps it from being declared unresponsive.
                 deadline = min(deadline, started + outcome.heartbeat_timeout_s / 2)
@@ -200,12 +204,17 @@ class LeaseService:
                 return False
             if await waiter.wait(min(remaining, self._recheck_s * self._rng.uniform(0.5, 1.5))):
                 return True
-            if await self._db.read(self._claimable_tx, waiter.agent_id, waiter.capabilities or frozenset()):
+            if await self._db.read(self._claimable_tx, waiter):
                 return True
         return False
 
-    def _claimable_tx(self, conn: Connection, agent_id: str, capabilities: frozenset[str]) -> bool:
-        params = {"now": self._clock.now_us(), "me": agent_id, "caps": json.dumps(sorted(capabilities))}
+    def _claimable_tx(self, conn: Connection, waiter: Waiter) -> bool:
+        params = {
+            "now": self._clock.now_us(),
+            "me": waiter.agent_id,
+            "caps": json.dumps(sorted(waiter.capabilities or ())),
+            "exec_only": waiter.runs_payloads,
+        }
         return conn.execute(self._claimable, params).first() is not None
 
     @staticmethod
@@ -221,21 +230,28 @@ class LeaseService:
         if agent is None:
             raise PermissionDenied(f"agent {agent_id} is terminated or stopping; it cannot claim work")
         capabilities = frozenset(agent.capabilities)
+        runs = bool(agent.runs_payloads)
         if conn.execute(self._held, {"me": agent_id}).scalar_one() >= agent.max_concurrency:
-            return _ClaimOutcome(None, capabilities, agent.heartbeat_timeout_s, at_capacity=True)
-        params = {"now": now, "me": agent_id, "caps": json.dumps(sorted(capabilities)), "locked": False}
+            return _ClaimOutcome(None, capabilities, agent.heartbeat_timeout_s, at_capacity=True, runs_payloads=runs)
+        params = {
+            "now": now,
+            "me": agent_id,
+            "caps": json.dumps(sorted(capabilities)),
+            "locked": False,
+            "exec_only": runs,
+        }
         held: list[LockItemView] | None = None
         row = conn.execute(self._take_head, params).first()
         if row is None:
             row, held = self._take_with_resources(conn, params)
         if row is None:
-            return _ClaimOutcome(None, capabilities, agent.heartbeat_timeout_s)
+            return _ClaimOutcome(None, capabilities, agent.heartbeat_timeout_s, runs_payloads=runs)
         hold_for_dispatch(conn, agent, row.id, row.estimated_cost_micros, now)
         conn.execute(
             _START_ATTEMPT, {"task_id": row.id, "number": row.attempts, "agent_id": agent_id, "started_at": now}
         )
         audit.record(conn, now, principal, "task.claim", row.id, {"attempt": row.attempts})
-        return _ClaimOutcome(task_view(row, locks=held), capabilities, agent.heartbeat_timeout_s)
+        return _ClaimOutcome(task_view(row, locks=held), capabilities, agent.heartbeat_timeout_s, runs_payloads=runs)
 
     def _take_with_resources(
         self, conn: Connection, params: dict[str, Any]

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import yaml
 from pydantic import ValidationError
+from semantic_version import NpmSpec, Version
 
 from server.domain.profile import Profile
 from server.errors import InvalidInput, NotFound
@@ -44,6 +45,21 @@ def load_profile_file(path: Path) -> Profile:
         raise InvalidInput(f"profile {path}: {_describe(exc)}") from exc
 
 
+def version_range(ref: str) -> NpmSpec:
+    """The versions `name@…` admits: an exact version, an npm-style range, or any (`*`)."""
+    wanted = ref.partition("@")[2] or "*"
+    try:
+        return NpmSpec(wanted)
+    except ValueError as exc:
+        raise InvalidInput(f"profile reference {ref!r}: {exc}; write name, name@1.2.0 or name@^1") from exc
+
+
+def admits(entry: str, profile: Profile) -> bool:
+    """Whether a spawn-list entry (`name` or `name@range`) names this profile version."""
+    name = entry.partition("@")[0]
+    return name == profile.name and Version(profile.version) in version_range(entry)
+
+
 class ProfileRegistry:
     def __init__(self, profiles: Iterable[Profile]) -> None:
         self._by_name: dict[str, list[Profile]] = {}
@@ -66,19 +82,20 @@ class ProfileRegistry:
         return cls(found)
 
     def resolve(self, ref: str) -> Profile:
-        """`name` picks the newest version; `name@1.2.3` picks that one."""
-        name, _, version = ref.partition("@")
+        """`name` picks the newest version; `name@1.2.3` that one; `name@^1` the newest it admits."""
+        name, _, wanted = ref.partition("@")
         versions = self._by_name.get(name)
         if not versions:
             known = ", ".join(sorted(self._by_name)) or "none"
             raise InvalidInput(f"unknown profile {name!r}; known profiles: {known}")
-        if not version:
+        if not wanted:
             return versions[0]
-        for profile in versions:
-            if profile.version == version:
+        spec = version_range(ref)
+        for profile in versions:  # newest first
+            if Version(profile.version) in spec:
                 return profile
         raise InvalidInput(
-            f"profile {name!r} has no version {version}; it has " + ", ".join(p.version for p in versions)
+            f"profile {name!r} has no version {wanted}; it has " + ", ".join(p.version for p in versions)
         )
 
     def all(self) -> list[Profile]:
@@ -87,6 +104,15 @@ class ProfileRegistry:
     def autoscaled(self) -> list[Profile]:
         """The newest version of each profile that asks for autoscaling."""
         return [versions[0] for versions in self._by_name.values() if versions[0].autoscale is not None]
+
+    def payload_runners_only(self, capabilities: Iterable[str]) -> dict[str, list[str]]:
+        """Of these capabilities, those that only payload-running profiles declare, with the profiles."""
+        found: dict[str, list[str]] = {}
+        for capability in capabilities:
+            declaring = [p for p in self.all() if capability in p.capabilities]
+            if declaring and all(p.executes_payload for p in declaring):
+                found[capability] = sorted({p.ref for p in declaring})
+        return found
 
     def capabilities(self) -> frozenset[str]:
         return frozenset(c for p in self.all() for c in p.capabilities)

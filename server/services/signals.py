@@ -18,6 +18,8 @@ class Waiter:
     agent_id: str
     capabilities: frozenset[str] | None  # None until the first claim attempt has read them: match all
     event: asyncio.Event = field(default_factory=asyncio.Event)
+    # Runs payloads as code, so it takes only executable tasks, which a wake-up does not tell.
+    runs_payloads: bool = False
 
     def matches(self, required: frozenset[str], pinned: str | None) -> bool:
         if pinned is not None and pinned != self.agent_id:
@@ -70,12 +72,20 @@ class TaskSignals:
         self._timers.add(handle)
 
     def _wake_one(self, required: frozenset[str], pinned: str | None) -> None:
+        chosen: int | None = None
         for index, waiter in enumerate(self._waiters):
-            if not waiter.event.is_set() and waiter.matches(required, pinned):
-                # Move it to the back: the next task goes to the next waiter.
-                self._waiters.append(self._waiters.pop(index))
+            if waiter.event.is_set() or not waiter.matches(required, pinned):
+                continue
+            if waiter.runs_payloads:
+                # It may not be allowed this task, so it never stands in for a waiter that is:
+                # the few payload runners each look for themselves.
                 waiter.event.set()
-                return
+            elif chosen is None:
+                chosen = index
+        if chosen is not None:
+            waiter = self._waiters.pop(chosen)
+            self._waiters.append(waiter)  # to the back: the next task goes to the next waiter
+            waiter.event.set()
 
     def wake_all(self) -> None:
         for waiter in self._waiters:

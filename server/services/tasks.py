@@ -111,7 +111,9 @@ class TaskService:
         if spec.resources:
             parse_all(spec.resources)  # malformed or overlapping names are refused before anything is written
             self._access.check_lock_names(principal, [r.name for r in spec.resources])
-        return spec.model_copy(update={"capabilities": tuple(validate_capabilities(spec.capabilities))})
+        capabilities = tuple(validate_capabilities(spec.capabilities))
+        self._access.check_capabilities(principal, capabilities)
+        return spec.model_copy(update={"capabilities": capabilities})
 
     def submit_in(
         self, conn: Connection, principal: Principal, spec: TaskSpec, task_id: str, place: WorkflowPlace
@@ -133,8 +135,9 @@ class TaskService:
             existing = conn.execute(select(tasks).where(tasks.c.idempotency_key == spec.idempotency_key)).first()
             if existing is not None:
                 return self._replay(conn, existing, digest, spec.idempotency_key)
+        executable = self._access.may_execute(principal)
         if spec.pinned_agent_id is not None:
-            self._check_pin(conn, spec.pinned_agent_id)
+            self._check_pin(conn, spec.pinned_agent_id, executable)
         unroutable = not self._routable(conn, spec)
         ready_at = max(now, int(spec.not_before.timestamp() * MICROS)) if spec.not_before else now
         needs_approval = approval_reasons(conn, self._access, principal, spec)
@@ -168,6 +171,7 @@ class TaskService:
             else to_micros(spec.estimated_cost_usd, "estimated_cost_usd"),
             approval_id=approval_id,
             timeout_s=spec.timeout_s,
+            executable=executable,
         )
         if place is not None:
             values.update(
@@ -236,12 +240,17 @@ class TaskService:
         return task_view(existing, approval=approval_of(conn, existing))
 
     @staticmethod
-    def _check_pin(conn: Connection, agent_id: str) -> None:
-        status = conn.execute(select(agents.c.status).where(agents.c.id == agent_id)).scalar()
-        if status is None:
+    def _check_pin(conn: Connection, agent_id: str, executable: bool) -> None:
+        pinned = conn.execute(select(agents.c.status, agents.c.runs_payloads).where(agents.c.id == agent_id)).first()
+        if pinned is None:
             raise NotFound(f"no agent {agent_id} to pin the task to")
-        if status not in _LIVE:
-            raise Conflict(f"agent {agent_id} is {status}; a task can be pinned only to a live agent")
+        if pinned.runs_payloads and not executable:
+            raise PermissionDenied(
+                f"agent {agent_id} runs its tasks' payloads as code; pinning work to it needs "
+                "`permissions.execute: true` in your profile, or an operator"
+            )
+        if pinned.status not in _LIVE:
+            raise Conflict(f"agent {agent_id} is {pinned.status}; a task can be pinned only to a live agent")
 
     # -- read ----------------------------------------------------------------------------------
     async def get(self, principal: Principal, task_id: str) -> TaskView:

@@ -20,6 +20,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    false,
     text,
 )
 
@@ -69,6 +70,8 @@ agents = Table(
     Column("heartbeat_timeout_s", Integer, nullable=False, server_default=text("60")),
     # Budget pools the agent joined (from its profile and its spawn call): scopes `pool:<name>`.
     Column("pools", JSON, nullable=False, server_default=text("'[]'")),
+    # Its profile runs task payloads as code: it claims only executable tasks.
+    Column("runs_payloads", Boolean, nullable=False, server_default=false()),
     # Process agents: the replica that runs them, the OS process (pid plus its start time, so a
     # reused pid is never mistaken for it), and the supervisor's plan.
     Column("replica_id", String(200), nullable=True, index=True),
@@ -124,6 +127,8 @@ tasks = Table(
     Column("resources", JSON(none_as_null=True), nullable=True),
     # Set once a lock was ever bound to the task, so ending a task looks for locks only then.
     Column("has_locks", Boolean, nullable=False, default=False),
+    # Its submitter may have code run: only such tasks reach agents whose profile runs payloads.
+    Column("executable", Boolean, nullable=False, server_default=false()),
     # Reserved from the claiming agent's budgets at dispatch, settled when the attempt ends.
     Column("estimated_cost_micros", BigInteger, nullable=True),
     # The approval it waited for, if it needed one (orch_approvals.task_id points back).

@@ -55,7 +55,7 @@ async def test_agent_spawned_by_an_agent_is_its_child_and_get_lists_children(con
 async def test_parent_id_makes_a_child_and_profile_limits_are_enforced(connect):
     async with connect() as admin:
         reviewer = await call(admin, "agent_spawn", profile="reviewer")  # max_children: 0
-        refused = await call_error(admin, "agent_spawn", profile="default", parent_id=reviewer["agent"]["id"])
+        refused = await call_error(admin, "agent_spawn", profile="reviewer", parent_id=reviewer["agent"]["id"])
         assert refused.code == "conflict" and "allows 0" in refused.text
         listed = await call(admin, "agent_list")
     assert len(listed["agents"]) == 1
