@@ -11,9 +11,11 @@ from mcp.types import CallToolResult, InputRequiredResult, TextContent
 from pydantic import ValidationError
 
 from server.domain.principal import Principal
+from server.domain.storable import require_storable
 from server.errors import FleetError, InvalidInput, NotFound, Refusal, Unavailable
 from server.metrics import Metrics
 from tools.context import AppState, current_principal, resolve_caller
+from tools.strict_types import Check, compile_check
 
 log = logging.getLogger("agentfleet.tools")
 
@@ -54,6 +56,16 @@ class FleetMCPServer(MCPServer[Any]):
         super().__init__(*args, **kwargs)
         self._metrics = metrics
         self._state = state
+        self._type_checks: dict[str, Check] = {}  # compiled once per tool, from its fixed schema
+
+    def _check_arguments(self, name: str, schema: dict[str, Any], arguments: dict[str, Any]) -> None:
+        """Before anything runs: known names, exact JSON types, text every store can hold."""
+        _reject_unknown_arguments(name, schema, arguments)
+        check = self._type_checks.get(name)
+        if check is None:
+            check = self._type_checks[name] = compile_check(name, schema)
+        check(arguments)
+        require_storable(arguments, name)
 
     async def call_tool(
         self, name: str, arguments: dict[str, Any], context: Context[Any, Any] | None = None
@@ -64,7 +76,7 @@ class FleetMCPServer(MCPServer[Any]):
         principal: Principal | None = None
         try:
             if schema is not None:
-                _reject_unknown_arguments(name, schema, arguments)
+                self._check_arguments(name, schema, arguments)
             principal = await resolve_caller(self._state)
             if schema is not None:
                 await self._state.services.gate.admit(principal, name)

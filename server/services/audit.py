@@ -14,13 +14,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
 from sqlalchemy import Connection, bindparam, select, text
 
 from server.clock import Clock, to_iso
 from server.domain.audit_chain import CHAINS_PG, GENESIS, row_hash, state_digest
 from server.domain.principal import Principal
+from server.domain.storable import scrubbed
 from server.domain.views import AuditEntry, AuditPage
-from server.errors import PermissionDenied, Refusal
+from server.errors import PermissionDenied, Refusal, Unavailable
 from server.ids import EVENT, new_id
 from server.store.database import Database, before_commit, tx_local
 from server.store.tables import audit_log
@@ -37,6 +39,7 @@ _HEAD = (
 _CHAIN_LOCK = text("SELECT pg_advisory_xact_lock(7340222, :chain)")  # a fixed class, one lock per chain
 _PENDING = "agentfleet_audit_pending"
 _VERIFY_BATCH = 1000
+_REFUSAL_RETRIES = (0.05, 0.25, None)  # seconds between tries of a refusal's row; None: the last
 
 
 def record(
@@ -172,11 +175,22 @@ class AuditService:
         self._clock = clock
 
     async def refused(self, principal: Principal, request: str, subject: str, error: Refusal) -> None:
-        """A refused request changes nothing, so its row is written on its own, after the refusal."""
-        await self._db.write(self._refused_tx, principal, request, subject, error)
+        """A refused request changes nothing, so its row is written on its own, after the refusal.
+        Whatever the caller sent is scrubbed to storable text, and a busy store is tried again, so
+        the row is neither refused by PostgreSQL nor lost to a moment of contention."""
+        if principal.reason is not None:
+            principal = principal.because(scrubbed(principal.reason))
+        for delay in _REFUSAL_RETRIES:
+            try:
+                await self._db.write(self._refused_tx, principal, scrubbed(request), scrubbed(subject), error)
+                return
+            except Unavailable:
+                if delay is None:
+                    raise
+                await anyio.sleep(delay)
 
     def _refused_tx(self, conn: Connection, principal: Principal, request: str, subject: str, error: Refusal) -> None:
-        detail = {"request": request, "code": error.code, "message": error.message[:500]}
+        detail = {"request": request, "code": error.code, "message": scrubbed(error.message[:500])}
         record(conn, self._clock.now_us(), principal, "request.refused", subject[:40], detail)
 
     async def query(self, principal: Principal, where: AuditFilter) -> AuditPage:

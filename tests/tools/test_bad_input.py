@@ -239,3 +239,74 @@ async def test_a_revoked_agent_token_is_refused_and_changes_nothing(connect, ser
         ]:
             assert (await call_error(revoked, tool, **arguments)).code == "permission_denied"
     assert snapshot(services) == before
+
+
+# -- hostile strings and coerced types, generated from every tool's own schema -----------------
+_SQL_WORDS = ("SELECT ", "INSERT ", "UPDATE ", "psycopg", "sqlite3", "sqlalchemy", "Traceback")
+
+
+def _types(schema: dict[str, Any], defs: dict[str, Any]) -> set[str]:
+    if "$ref" in schema:
+        return _types(defs[schema["$ref"].rsplit("/", 1)[1]], defs)
+    found = {schema["type"]} if isinstance(schema.get("type"), str) else set(schema.get("type") or ())
+    for option in schema.get("anyOf", []):
+        found |= _types(option, defs)
+    if "enum" in schema:
+        found.add("string")
+    return found
+
+
+def hostile_arguments(input_schema: dict[str, Any]) -> list[tuple[str, Any]]:
+    """For each argument: a NUL byte wherever it takes text, text or a bool where it takes only a
+    number, text or a number where it takes only a bool."""
+    defs = input_schema.get("$defs", {})
+    cases: list[tuple[str, Any]] = []
+    for name, schema in input_schema.get("properties", {}).items():
+        kinds = _types(schema, defs)
+        if "string" in kinds:
+            cases += [(name, "ok\x00; DROP TABLE orch_tasks"), (name, "lone \ud800 surrogate")]
+        if "array" in kinds:
+            cases.append((name, ["fine", "bad\x00"]))
+        if "object" in kinds or not kinds:
+            cases += [(name, {"key\x00": 1}), (name, {"nested": ["x\x00"]})]
+        if kinds & {"integer", "number"} and "string" not in kinds:
+            cases += [(name, "0"), (name, True)]
+        if "boolean" in kinds and "string" not in kinds:
+            cases += [(name, "yes"), (name, 0)]
+    return cases
+
+
+async def test_nul_bytes_and_coerced_types_are_refused_for_every_argument_of_every_tool(
+    fake_connect, fake_time_services
+):
+    async with fake_connect() as admin:
+        spawned = await call(admin, "agent_spawn", profile="default")
+        await call(admin, "task_submit", type="seed")
+        tools = (await admin.list_tools()).tools
+    async with fake_connect(spawned["token"]) as agent:
+        await call(agent, "agent_heartbeat")
+    before = snapshot(fake_time_services)
+    wrong: list[str] = []
+    walked = 0
+    async with fake_connect() as admin, fake_connect(spawned["token"]) as agent:
+        for tool in tools:
+            caller = agent if roles_for(tool.name) == AGENT_ONLY else admin
+            for name, value in hostile_arguments(tool.input_schema):
+                walked += 1
+                failure = await call_error(caller, tool.name, **{name: value})
+                leaked = [word for word in _SQL_WORDS if word in failure.text]
+                if failure.code != "invalid_input" or name not in failure.text or leaked:
+                    wrong.append(f"{tool.name}({name}={value!r}): {failure.text[:160]}")
+    assert not wrong, "\n".join(wrong)
+    assert walked > 150  # every tool's text, number and flag arguments were tried
+    assert snapshot(fake_time_services) == before
+
+
+async def test_a_nul_byte_deep_in_a_payload_is_refused_before_anything_is_written(fake_connect, fake_time_services):
+    before = snapshot(fake_time_services)
+    async with fake_connect() as admin:
+        failure = await call_error(
+            admin, "task_submit", type="build", payload={"steps": [{"run": "echo hi\x00there"}]}, allow_unroutable=True
+        )
+    assert failure.code == "invalid_input" and "payload.steps[0].run" in failure.text and "NUL" in failure.text
+    assert snapshot(fake_time_services) == before
