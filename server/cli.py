@@ -122,10 +122,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from server.admin_token import ensure_admin_token
     from server.metrics import Metrics
+    from server.runtime.hardening import harden_server_process
     from server.services.container import build_services
     from tools import build_mcp
 
     settings = _settings(args)
+    harden_server_process()  # after the settings have read the secrets it scrubs
     _configure_logging(settings.log_level)
     admin = ensure_admin_token(settings)
     services = build_services(settings, admin.value)
@@ -139,7 +141,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from server.http.app import create_app
         from server.http.serve import uvicorn_server
 
-        server = uvicorn_server(create_app(services), settings)
+        server = uvicorn_server(create_app(services), settings, on_exit=services.release_waiters)
         _announce(settings, admin, stdio=False)
         server.run()
         return 0

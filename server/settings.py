@@ -60,6 +60,9 @@ class Settings:
     # How long a blocking A2A SendMessage waits for a final state before answering with the task
     # as it stands (kept under common HTTP client timeouts; streams and GetTask follow on).
     a2a_block_s: float = 3.0
+    # How process agents are sandboxed: landlock (required; an agent does not start without it) or
+    # none (they run with this server's user's full access: for development on a system without it).
+    agent_confinement: str = "landlock"
 
     @property
     def resolved_database_url(self) -> str:
@@ -138,6 +141,7 @@ def load_settings(env: Mapping[str, str] | None = None, **flags: Any) -> Setting
         agent_log_max_bytes=_int(env, "AGENT_LOG_BYTES", 1024 * 1024),
         supervisor_interval_s=_float(env, "SUPERVISOR_INTERVAL_S", 0.5),
         a2a_block_s=_float(env, "A2A_BLOCK_S", 3.0),
+        agent_confinement=_choice(env, "AGENT_CONFINEMENT", "landlock", ("landlock", "none")),
     )
     if from_env.rate_limit_burst < 1:
         raise InvalidInput(f"{ENV_PREFIX}RATE_LIMIT_BURST must be at least 1, got {from_env.rate_limit_burst}")

@@ -2,13 +2,29 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from types import FrameType
+
 import uvicorn
 from starlette.applications import Starlette
 
 from server.settings import Settings
 
 
-def uvicorn_server(app: Starlette, settings: Settings) -> uvicorn.Server:
+class _Server(uvicorn.Server):
+    """Wakes every parked long-poll the moment a shutdown starts: uvicorn waits for open requests
+    to finish before the app's shutdown runs, so a claim parked for 30 s would hold the stop."""
+
+    def __init__(self, config: uvicorn.Config, on_exit: Callable[[], None]) -> None:
+        super().__init__(config)
+        self._on_exit = on_exit
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self._on_exit()
+        super().handle_exit(sig, frame)
+
+
+def uvicorn_server(app: Starlette, settings: Settings, on_exit: Callable[[], None] = lambda: None) -> uvicorn.Server:
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -19,4 +35,4 @@ def uvicorn_server(app: Starlette, settings: Settings) -> uvicorn.Server:
         access_log=False,
         lifespan="on",
     )
-    return uvicorn.Server(config)
+    return _Server(config, on_exit)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from server.domain.profile import ProcessSpec, ProfileLimits
+from server.runtime import confine
 
 STDOUT_LOG = "stdout.log"
 STDERR_LOG = "stderr.log"
@@ -27,12 +28,21 @@ _OWN_CLI = "agentfleet"
 
 
 @dataclass(frozen=True)
+class Confinement:
+    """The Landlock sandbox of one process agent: what it may read and run, what it may write."""
+
+    read_exec: tuple[Path, ...]
+    read_write: tuple[Path, ...]
+
+
+@dataclass(frozen=True)
 class LaunchPlan:
     agent_id: str
     argv: list[str]
     env: dict[str, str]
     home: Path
     limits: ProfileLimits
+    confinement: Confinement | None = None
 
 
 @dataclass(frozen=True)
@@ -47,11 +57,13 @@ def agent_home(data_dir: Path, agent_id: str) -> Path:
 
 
 def resolve_command(command: tuple[str, ...] | list[str], search_path: str | None) -> list[str]:
+    # -P: the agent's home is the working directory and may hold anything, so it is never put on
+    # the import path (a `server/` package written there would otherwise replace this server's).
     head, *rest = command
     if head == _OWN_CLI:
-        return [sys.executable, "-m", "server.cli", *rest]
+        return [sys.executable, "-P", "-m", "server.cli", *rest]
     if head in _OWN_PYTHON:
-        return [sys.executable, *rest]
+        return [sys.executable, "-P", *rest]
     return [shutil.which(head, path=search_path) or head, *rest]
 
 
@@ -62,6 +74,8 @@ def child_environment(
     env = {name: server_env[name] for name in spec.env_passthrough if name in server_env}
     env.update(spec.env)
     env.setdefault("HOME", str(home))
+    env["TMPDIR"] = str(home / "tmp")  # its own: the sandbox has no shared /tmp
+    env["PYTHONSAFEPATH"] = "1"  # nor do the Python programs it runs import from their working directory
     env["AGENTFLEET_URL"] = url
     env["AGENTFLEET_TOKEN"] = token
     env["AGENTFLEET_AGENT_ID"] = agent_id
@@ -76,14 +90,20 @@ def plan_launch(
     url: str,
     token: str,
     server_env: Mapping[str, str] | None = None,
+    confined: bool = True,
 ) -> LaunchPlan:
     server_env = os.environ if server_env is None else server_env
     home = agent_home(data_dir, agent_id)
     env = child_environment(spec, home, url, token, agent_id, server_env)
-    return LaunchPlan(agent_id, resolve_command(spec.command, env.get("PATH")), env, home, limits)
+    confinement = None
+    if confined:
+        readable = confine.software_paths(env.get("PATH"), spec.allow_read)
+        confine.check_outside(data_dir, readable)
+        confinement = Confinement(tuple(readable), (home, *map(Path, spec.allow_write)))
+    return LaunchPlan(agent_id, resolve_command(spec.command, env.get("PATH")), env, home, limits, confinement)
 
 
-def _apply_limits(limits: ProfileLimits) -> Callable[[], None]:
+def _in_child(limits: ProfileLimits, ruleset_fd: int | None) -> Callable[[], None]:
     wanted: list[tuple[int, int]] = []
     if limits.cpu_seconds is not None:
         wanted.append((resource.RLIMIT_CPU, limits.cpu_seconds))
@@ -92,28 +112,54 @@ def _apply_limits(limits: ProfileLimits) -> Callable[[], None]:
     if limits.open_files is not None:
         wanted.append((resource.RLIMIT_NOFILE, limits.open_files))
 
+    as_root = os.geteuid() == 0
+    last_cap = confine.last_capability()
+
     def in_child() -> None:  # runs between fork and exec: plain syscalls only
         for kind, value in wanted:
             resource.setrlimit(kind, (value, value))
+        if ruleset_fd is not None:
+            confine.drop_privileges(ruleset_fd, as_root, last_cap)
 
     return in_child
+
+
+def _ruleset(plan: LaunchPlan) -> confine.Ruleset | None:
+    if plan.confinement is None:
+        return None
+    abi = confine.landlock_abi()
+    if abi < 1:
+        raise OSError(
+            "this kernel offers no Landlock, so the agent cannot be confined; run the server on Linux 5.13+ "
+            "with Landlock enabled, or set AGENTFLEET_AGENT_CONFINEMENT=none to run process agents unconfined "
+            "(they can then read this server's secrets)"
+        )
+    return confine.Ruleset(abi, plan.confinement.read_exec, plan.confinement.read_write)
 
 
 def start(plan: LaunchPlan) -> Started:
     """Fork and exec. Raises OSError when the command cannot be started (not found, not executable)."""
     plan.home.mkdir(parents=True, exist_ok=True, mode=0o700)
-    with (plan.home / STDOUT_LOG).open("ab") as out, (plan.home / STDERR_LOG).open("ab") as err:
-        popen = subprocess.Popen(  # noqa: S603 - an argument list from a profile, never a shell
-            plan.argv,
-            cwd=plan.home,
-            env=plan.env,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=err,
-            start_new_session=True,  # its own process group: signals reach its children too
-            close_fds=True,
-            preexec_fn=_apply_limits(plan.limits),  # noqa: PLW1509 - setrlimit only
-        )
+    (plan.home / "tmp").mkdir(exist_ok=True, mode=0o700)
+    ruleset = _ruleset(plan)
+    try:
+        with (plan.home / STDOUT_LOG).open("ab") as out, (plan.home / STDERR_LOG).open("ab") as err:
+            popen = subprocess.Popen(  # noqa: S603 - an argument list from a profile, never a shell
+                plan.argv,
+                cwd=plan.home,
+                env=plan.env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+                start_new_session=True,  # its own process group: signals reach its children too
+                close_fds=True,
+                preexec_fn=_in_child(plan.limits, None if ruleset is None else ruleset.fd),  # noqa: PLW1509
+            )
+    except subprocess.SubprocessError as exc:  # the sandbox could not be applied in the child
+        raise OSError(f"could not confine the agent: {exc}") from exc
+    finally:
+        if ruleset is not None:
+            ruleset.close()
     return Started(popen.pid, identity(popen.pid) or "", popen)
 
 

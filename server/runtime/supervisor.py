@@ -150,9 +150,20 @@ class Supervisor:
         token = new_agent_token()
         if not await self._store.begin_launch(agent.id, token):
             return
-        plan = process.plan_launch(
-            spec, agent.profile.limits, self._settings.data_dir, agent.id, self._settings.base_url, token
-        )
+        try:
+            plan = process.plan_launch(
+                spec,
+                agent.profile.limits,
+                self._settings.data_dir,
+                agent.id,
+                self._settings.base_url,
+                token,
+                confined=self._settings.agent_confinement == "landlock",
+            )
+        except FleetError as exc:
+            log.error("agent %s cannot be started safely: %s", agent.id, exc.message)
+            await self._store.record_exit(agent.id, None, f"could not start: {exc.message}")
+            return
         try:
             started = await anyio.to_thread.run_sync(process.start, plan)
         except OSError as exc:

@@ -64,10 +64,14 @@ class Services:
     workflows: WorkflowService
     workflow_templates: WorkflowTemplateService
 
-    def close(self) -> None:
+    def release_waiters(self) -> None:
+        """Every parked claim, lock wait and stream returns now: the server is stopping."""
         self.signals.close()
         self.lock_signals.close()
         self.task_changes.close()
+
+    def close(self) -> None:
+        self.release_waiters()
         self.db.dispose()
 
 

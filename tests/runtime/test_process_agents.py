@@ -58,9 +58,13 @@ def fleet(serve: ServeFactory, database_url: str, tmp_path: Path) -> Iterator[Ca
     whose working directory is under this test's data dir may be left running."""
     profiles = tmp_path / "profiles"
     profiles.mkdir()
+    shared = tmp_path / "shared"  # process agents are sandboxed: this is where they may leave pid files
+    shared.mkdir()
 
     def start(*defined: dict[str, Any], env: dict[str, str] | None = None, port: int | None = None) -> FleetServer:
         for profile in defined:
+            if "process" in profile:
+                profile["process"].setdefault("allow_write", [str(shared)])
             (profiles / f"{profile['name']}.yaml").write_text(json.dumps(profile))
         settings = {"AGENTFLEET_PROFILES_DIR": str(profiles), **FAST, **(env or {})}
         return serve(database_url, data_dir=tmp_path / "data", env=settings, port=port)
@@ -171,7 +175,7 @@ async def test_a_process_agent_runs_in_its_home_with_only_the_allowed_environmen
         assert env["AGENTFLEET_AGENT_ID"] == agent_id
         assert env["AGENTFLEET_URL"] == server.base_url
         assert not {"SECRET_SETTING", "AGENTFLEET_ADMIN_TOKEN", "AGENTFLEET_DATABASE_URL"} & set(env)
-        assert set(env) <= {"PATH", "VISIBLE_SETTING", "GREETING", "HOME", "LC_CTYPE"} | {
+        assert set(env) <= {"PATH", "VISIBLE_SETTING", "GREETING", "HOME", "LC_CTYPE", "TMPDIR", "PYTHONSAFEPATH"} | {
             "AGENTFLEET_URL",
             "AGENTFLEET_TOKEN",
             "AGENTFLEET_AGENT_ID",
@@ -218,7 +222,7 @@ async def test_a_killed_agent_is_restarted_and_its_task_is_run_again_to_completi
     async with server.mcp() as admin:
         agent_id = (await call(admin, "agent_spawn", profile="napper"))["agent"]["id"]
         first = await agent_in(admin, agent_id, "active")
-        pidfile = tmp_path / "nap.pid"
+        pidfile = tmp_path / "shared" / "nap.pid"
         task = await call(
             admin, "task_submit", type="nap", capabilities=["napper"], payload={"seconds": 1, "pidfile": str(pidfile)}
         )
@@ -298,7 +302,7 @@ async def test_a_stopped_process_past_its_heartbeat_timeout_loses_its_task_to_an
     async with server.mcp() as admin:
         first = (await call(admin, "agent_spawn", profile="stopper"))["agent"]["id"]
         frozen = (await agent_in(admin, first, "active"))["process"]["pid"]
-        pidfile = tmp_path / "stop.pid"
+        pidfile = tmp_path / "shared" / "stop.pid"
         task = await call(
             admin, "task_submit", type="nap", capabilities=["stopper"], payload={"seconds": 1, "pidfile": str(pidfile)}
         )
@@ -325,7 +329,7 @@ async def test_graceful_terminate_drains_and_cascades_and_a_hard_one_kills_the_w
         parent = (await call(admin, "agent_spawn", profile="napper"))["agent"]["id"]
         child = (await call(admin, "agent_spawn", profile="napper", parent_id=parent))["agent"]["id"]
         workers = [(await agent_in(admin, a, "active"))["process"]["pid"] for a in (parent, child)]
-        pidfile = tmp_path / "drain.pid"
+        pidfile = tmp_path / "shared" / "drain.pid"
         task = await call(
             admin,
             "task_submit",
@@ -344,7 +348,7 @@ async def test_graceful_terminate_drains_and_cascades_and_a_hard_one_kills_the_w
         # Not graceful: SIGKILL at once, the running command and its children included.
         doomed = (await call(admin, "agent_spawn", profile="napper"))["agent"]["id"]
         worker = (await agent_in(admin, doomed, "active"))["process"]["pid"]
-        pidfile = tmp_path / "kill.pid"
+        pidfile = tmp_path / "shared" / "kill.pid"
         task = await call(
             admin, "task_submit", type="nap", capabilities=["napper"], payload={"seconds": 60, "pidfile": str(pidfile)}
         )
