@@ -12,10 +12,10 @@ from pydantic import ValidationError
 
 from server.domain.principal import Principal
 from server.domain.storable import require_storable
+from server.domain.strict_types import Check, compile_check
 from server.errors import FleetError, InvalidInput, NotFound, Refusal, Unavailable
 from server.metrics import Metrics
 from tools.context import AppState, current_principal, resolve_caller
-from tools.strict_types import Check, compile_check
 
 log = logging.getLogger("agentfleet.tools")
 

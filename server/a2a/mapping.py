@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import cache
 from typing import Any
 
 from a2a.helpers import get_data_parts, get_text_parts, new_data_part, new_text_part
@@ -10,6 +11,8 @@ from pydantic import ValidationError
 
 from server.a2a.card import FLEET_STATUS_SKILL, RUN_WORKFLOW_SKILL, TEXT_TASK_CAPABILITY, TEXT_TASK_TYPE
 from server.domain.statuses import TaskStatus
+from server.domain.storable import require_storable
+from server.domain.strict_types import Check, compile_check
 from server.domain.task_spec import TaskSpec
 from server.domain.views import FleetStatus, TaskView
 from server.errors import InvalidInput
@@ -80,6 +83,12 @@ def status_message(status: FleetStatus, context_id: str) -> Message:
     return data_message(f"fleet: {summary}", status.model_dump(mode="json"), context_id)
 
 
+@cache
+def _spec_types() -> Check:
+    """Exact JSON types for a task spec, as the MCP tools check theirs (no "3" for 3)."""
+    return compile_check("task spec", TaskSpec.model_json_schema())
+
+
 def spec_from_message(message: Message) -> TaskSpec:
     data = [restore_ints(d) for d in get_data_parts(message.parts)]
     if data:
@@ -91,6 +100,8 @@ def spec_from_message(message: Message) -> TaskSpec:
         unknown = set(body) - SPEC_FIELDS
         if unknown:
             raise InvalidInput(f"unknown task spec fields {sorted(unknown)}; allowed: {sorted(SPEC_FIELDS)}")
+        _spec_types()(body)
+        require_storable(body, "task spec")
         try:
             return TaskSpec.model_validate(body)
         except ValidationError as exc:

@@ -114,8 +114,8 @@ def check_outside(data_dir: Path, readable: Sequence[Path]) -> None:
     for path in readable:
         if data_dir == path or path in data_dir.parents:
             raise Unavailable(
-                f"the data dir {data_dir} lies inside {path}, which process agents may read; move "
-                "AGENTFLEET_DATA_DIR outside the installation and system folders"
+                f"AGENTFLEET_DATA_DIR must not lie inside a folder process agents may read: the data dir "
+                f"{data_dir} is inside {path}"
             )
 
 

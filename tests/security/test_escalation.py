@@ -169,3 +169,23 @@ async def test_a_package_planted_in_an_agents_home_is_never_imported(fleet):
         task = await call(admin, "task_submit", type="e", capabilities=["echoer"], payload={"n": 1})
         assert (await finished(admin, task["id"]))["result"] == {"echo": {"n": 1}}
     assert not (home / "SHADOWED").exists()
+
+
+async def test_a_profile_that_would_let_an_agent_read_the_data_dir_does_not_start(
+    serve: ServeFactory, database_url: str, tmp_path: Path
+):
+    profiles = tmp_path / "profiles"
+    profiles.mkdir()
+    leaky = {**PROFILES["echoer"], "name": "leaky"}
+    leaky["process"] = {**leaky["process"], "allow_read": [str(tmp_path)]}  # the data dir is inside it
+    (profiles / "leaky.yaml").write_text(json.dumps(leaky))
+    env = {"AGENTFLEET_PROFILES_DIR": str(profiles), **FAST}
+    async with serve(database_url, data_dir=tmp_path / "data", env=env).mcp() as admin:
+        agent_id = (await call(admin, "agent_spawn", profile="leaky"))["agent"]["id"]
+
+        async def refused_start() -> str | None:
+            last_exit = (await call(admin, "agent_get", agent_id=agent_id))["process"]["last_exit"]
+            return last_exit if last_exit and "AGENTFLEET_DATA_DIR" in last_exit else None
+
+        last_exit = await eventually(refused_start, what="the start refused")
+    assert "process agents may read" in last_exit
