@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import shutil
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -127,12 +128,29 @@ REPLICA_TEST = [
 ]
 
 
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One migrated SQLite file per test process; each test starts from a copy of it (a copy
+    costs a millisecond, migrating from nothing a tenth of a second)."""
+    path = tmp_path_factory.mktemp("sqlite-template") / "agentfleet.db"
+    engine = create_store_engine(f"sqlite:///{path}")
+    try:
+        migrate.upgrade(engine)
+    finally:
+        engine.dispose()  # the last connection to close checkpoints the WAL into the main file
+    assert not path.with_name(path.name + "-wal").exists() or not path.with_name(path.name + "-wal").stat().st_size
+    return path
+
+
 @pytest.fixture(params=STORES)
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A fresh, migrated-on-demand store for one test."""
+    """A fresh, migrated store for one test."""
     global _pg_tests_run
     if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'store' / 'agentfleet.db'}"
+        store = tmp_path / "store" / "agentfleet.db"
+        store.parent.mkdir()
+        shutil.copyfile(request.getfixturevalue("sqlite_template"), store)
+        yield f"sqlite:///{store}"
         return
     _pg_tests_run += 1
     url, drop = _fresh_pg_database()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -120,6 +121,7 @@ async def test_a_process_agent_cannot_read_or_write_what_the_server_keeps(fleet,
         pid = server_.process.pid
         store_file = server_.database_url.removeprefix("sqlite:///") if "sqlite" in server_.database_url else None
         install = Path(server.__file__).resolve().parent
+        planted = f"planted-{uuid.uuid4().hex}"  # a name nothing else uses, so only this run could make it
         attempts = {
             "server environment": f"cat /proc/{pid}/environ",
             "server command line": f"cat /proc/{pid}/cmdline",
@@ -129,10 +131,10 @@ async def test_a_process_agent_cannot_read_or_write_what_the_server_keeps(fleet,
             "data dir listing": f"ls {data_dir}",
             "another agent's home": f"cat {data_dir}/agents/{bystander['agent']['id']}/stdout.log",
             "store file": f"head -c 100 {store_file or data_dir / 'agentfleet.db'}",
-            "write into the data dir": f"touch {data_dir}/planted",
-            "write into the installation": f"touch {install}/planted.py",
+            "write into the data dir": f"echo x > {data_dir}/{planted}",
+            "write into the installation": f"echo x > {install}/{planted}.py",
             "signal the server": f"kill -STOP {pid}",
-            "shared /tmp": "touch /tmp/agentfleet-planted",
+            "shared /tmp": f"echo x > /tmp/{planted}",
         }
         submitted = {
             what: await call(admin, "task_submit", type="probe", capabilities=["shell"], payload={"command": cmd})
@@ -148,7 +150,7 @@ async def test_a_process_agent_cannot_read_or_write_what_the_server_keeps(fleet,
             if result["exit_code"] == 0 or server_.admin_token in result["stdout"] or "file-secret" in result["stdout"]:
                 escaped[what] = result
     assert not escaped, f"the sandbox let these through: {escaped}"
-    assert not (data_dir / "planted").exists() and not (install / "planted.py").exists()
+    assert not (data_dir / planted).exists() and not (install / f"{planted}.py").exists()
     assert server_.process.poll() is None
 
 
