@@ -367,6 +367,10 @@ class RawStore:
             "chain": chain,
             "seq": seq,
             "prev_hash": prev,
+            # Unset on these rows, as on the service's (no reason given, no row digests on this path).
+            "reason": None,
+            "before_digest": None,
+            "after_digest": None,
         }
         cur.execute(self.insert_audit, {**row, "detail": self.json(detail), "hash": row_hash(row)})
 
