@@ -6,7 +6,7 @@ a finite set, so they are compared by the tools each side allows."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from fnmatch import fnmatchcase
 
 from server.domain.permissions import TOOL_ROLES
@@ -33,20 +33,21 @@ def _tools(profile: Profile) -> frozenset[str]:
     return frozenset(t for t in TOOL_ROLES if allowed is None or matches(t, allowed))
 
 
-def _patterns_within(child: tuple[str, ...] | None, parent: tuple[str, ...] | None) -> bool:
+def _within(
+    child: tuple[str, ...] | None,
+    parent: tuple[str, ...] | None,
+    covers: Callable[[str, tuple[str, ...]], bool] = matches,
+) -> bool:
+    """Unset allows everything: only an unset parent covers an unset child."""
     if parent is None:
         return True
     if child is None:
         return False
-    return all(matches(pattern, parent) for pattern in child)
+    return all(covers(pattern, parent) for pattern in child)
 
 
-def _locks_within(child: tuple[str, ...] | None, parent: tuple[str, ...] | None) -> bool:
-    if parent is None:
-        return True
-    if child is None:
-        return False
-    return all(lock_allowed(parent, pattern) for pattern in child)
+def _lock_covers(pattern: str, parent: tuple[str, ...]) -> bool:
+    return lock_allowed(parent, pattern)
 
 
 def _spawn_within(child: tuple[str, ...], parent: tuple[str, ...]) -> bool:
@@ -60,11 +61,11 @@ def widened_fields(parent: Profile, child: Profile) -> list[str]:
     widened = []
     if not _tools(child) <= _tools(parent):
         widened.append("permissions.tools")
-    if not _patterns_within(theirs.task_types, mine.task_types):
+    if not _within(theirs.task_types, mine.task_types):
         widened.append("permissions.task_types")
-    if not _patterns_within(theirs.capabilities, mine.capabilities):
+    if not _within(theirs.capabilities, mine.capabilities):
         widened.append("permissions.capabilities")
-    if not _locks_within(theirs.lock_resources, mine.lock_resources):
+    if not _within(theirs.lock_resources, mine.lock_resources, _lock_covers):
         widened.append("permissions.lock_resources")
     if theirs.execute and not mine.execute:
         widened.append("permissions.execute")
