@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import ctypes
 import os
+import site
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import server
 from server.errors import Unavailable
 
 # System call numbers: the same on x86_64 and the generic table (aarch64, riscv64).
@@ -101,7 +103,10 @@ def software_paths(search_path: str | None, extra: Iterable[str] = ()) -> list[P
     the folders on its PATH, and what its profile adds."""
     found = [*map(Path, _SYSTEM_READ), *map(Path, extra)]
     found += [Path(p) for p in {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}]
-    found += [Path(entry) for entry in sys.path if entry and Path(entry).is_absolute()]
+    found += [Path(p) for p in site.getsitepackages()]
+    # Where this server's own packages live (an editable install: the source checkout), not the
+    # whole import path: the server's working directory is on it and may be anyone's home.
+    found += [Path(server.__file__).resolve().parents[1]]
     found += [Path(entry) for entry in (search_path or "").split(os.pathsep) if entry and Path(entry).is_absolute()]
     unique = {path.resolve() for path in found if path.exists()}
     return sorted(unique)
