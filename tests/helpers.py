@@ -28,3 +28,14 @@ async def call_error(client: Client, tool: str, **arguments: Any) -> ToolFailed:
     result = await client.call_tool(tool, arguments)
     assert result.is_error, f"{tool} should have failed but returned {result.structured_content}"
     return ToolFailed(tool, result.content[0].text)
+
+
+async def every_tool(connect: Any) -> dict[str, Any]:
+    """Every tool the server has: a tool list shows each caller only what it may call, so this is
+    the admin's list joined with an agent's."""
+    async with connect() as admin:
+        tools = {tool.name: tool for tool in (await admin.list_tools()).tools}
+        agent = await call(admin, "agent_spawn", profile="worker", name="tool-lister")
+    async with connect(agent["token"]) as as_agent:
+        tools.update({tool.name: tool for tool in (await as_agent.list_tools()).tools})
+    return tools

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 from typing import Any
 
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError, UnexpectedToolError
 from mcp.types import CallToolResult, InputRequiredResult, TextContent
+from mcp.types import Tool as MCPTool
 from pydantic import ValidationError
 
 from server.domain.principal import Principal
@@ -57,6 +59,20 @@ class FleetMCPServer(MCPServer[Any]):
         self._metrics = metrics
         self._state = state
         self._type_checks: dict[str, Check] = {}  # compiled once per tool, from its fixed schema
+
+    async def list_tools(self) -> list[MCPTool]:
+        """Each caller sees the tools its role and profile let it call, described without the
+        source's indentation: an LLM pays for every byte of this list on every turn."""
+        try:
+            principal = await resolve_caller(self._state)
+        except FleetError:
+            return []
+        access = self._state.services.access
+        return [
+            tool.model_copy(update={"description": inspect.cleandoc(tool.description or "")})
+            for tool in await super().list_tools()
+            if access.allows_tool(principal, tool.name)
+        ]
 
     def _check_arguments(self, name: str, schema: dict[str, Any], arguments: dict[str, Any]) -> None:
         """Before anything runs: known names, exact JSON types, text every store can hold."""

@@ -44,6 +44,14 @@ class AccessPolicy:
         if tools is not None and not matches(tool, tools):
             raise PermissionDenied(f"profile {profile.ref} does not allow {tool}")
 
+    def allows_tool(self, principal: Principal, tool: str) -> bool:
+        """Whether a call to `tool` would pass the door: what a tool list shows this principal."""
+        try:
+            self.check_tool(principal, tool)
+        except PermissionDenied:
+            return False
+        return True
+
     def check_task_type(self, principal: Principal, task_type: str) -> None:
         profile = self.profile_of(principal)
         if (

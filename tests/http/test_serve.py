@@ -88,6 +88,10 @@ async def test_mcp_over_streamable_http_in_both_protocol_eras(shared_fleet: Flee
         assert admin.protocol_version == PROTOCOL_OF_MODE[mode]
 
         tools = {tool.name: tool for tool in (await admin.list_tools()).tools}
+        assert "task_claim" not in tools  # each caller is shown only what it may call
+        worker = await call(admin, "agent_spawn", profile="developer", name="lister")
+        async with shared_fleet.mcp(worker["token"], mode=mode) as agent:
+            tools.update({tool.name: tool for tool in (await agent.list_tools()).tools})
         assert set(tools) >= ISSUE_2_TOOLS, ISSUE_2_TOOLS - set(tools)
         assert set(tools) <= CONTRACT_TOOLS, set(tools) - CONTRACT_TOOLS  # no name outside the contract
         for name, tool in tools.items():

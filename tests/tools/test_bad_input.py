@@ -10,7 +10,7 @@ from sqlalchemy import select
 
 from server.domain.permissions import AGENT_ONLY, roles_for
 from server.store.tables import metadata
-from tests.helpers import call, call_error
+from tests.helpers import call, call_error, every_tool
 
 pytestmark = pytest.mark.anyio
 
@@ -197,8 +197,7 @@ BAD_CALLS: list[tuple[str, dict[str, Any], str]] = [
 
 
 async def test_the_walk_covers_every_tool(connect):
-    async with connect() as admin:
-        listed = {tool.name for tool in (await admin.list_tools()).tools}
+    listed = set(await every_tool(connect))
     assert listed == {name for name, _, _ in BAD_CALLS} - {"no_such_tool"}
 
 
@@ -279,10 +278,10 @@ def hostile_arguments(input_schema: dict[str, Any]) -> list[tuple[str, Any]]:
 async def test_nul_bytes_and_coerced_types_are_refused_for_every_argument_of_every_tool(
     fake_connect, fake_time_services
 ):
+    tools = (await every_tool(fake_connect)).values()
     async with fake_connect() as admin:
         spawned = await call(admin, "agent_spawn", profile="default")
         await call(admin, "task_submit", type="seed")
-        tools = (await admin.list_tools()).tools
     async with fake_connect(spawned["token"]) as agent:
         await call(agent, "agent_heartbeat")
     before = snapshot(fake_time_services)

@@ -21,7 +21,7 @@ from sqlalchemy import select
 from server.domain.permissions import TOOL_ROLES
 from server.domain.principal import Role
 from server.store.tables import audit_log, metadata, rate_buckets
-from tests.helpers import call, call_error
+from tests.helpers import call, call_error, every_tool
 
 pytestmark = pytest.mark.anyio
 
@@ -361,8 +361,7 @@ ARGUMENTS: dict[str, Arguments] = {
 
 
 async def test_the_table_names_every_tool_and_matches_the_key_expectations(connect):
-    async with connect() as admin:
-        listed = {tool.name for tool in (await admin.list_tools()).tools}
+    listed = set(await every_tool(connect))
     assert set(TOOL_ROLES) == listed, "a tool missing from TOOL_ROLES is silently admin-only"
     assert set(ARGUMENTS) == listed, "the walk below must cover every tool"
     for role, tool, allowed in KEY_EXPECTATIONS:
@@ -373,9 +372,7 @@ async def test_the_table_names_every_tool_and_matches_the_key_expectations(conne
 
 
 async def test_every_tool_a_viewer_may_call_is_read_only(connect):
-    async with connect() as admin:
-        tools = (await admin.list_tools()).tools
-    for tool in tools:
+    for tool in (await every_tool(connect)).values():
         if Role.VIEWER in TOOL_ROLES[tool.name]:
             assert tool.annotations is not None and tool.annotations.read_only_hint, tool.name
 
@@ -694,3 +691,30 @@ async def test_an_expired_token_is_refused(fake_connect, clock):
     async with fake_connect() as admin:
         listed = {t["name"]: t for t in (await call(admin, "token_list"))["tokens"]}
     assert listed["temp"]["active"] is False and listed["temp"]["revoked_at"] is None
+
+
+async def test_each_caller_lists_only_the_tools_it_may_call_described_without_indentation(connect):
+    async with connect() as admin:
+        viewer = await call(admin, "token_create", name="lister", role="viewer")
+        narrow = await call(admin, "agent_spawn", profile="restricted")
+        admin_tools = {tool.name: tool for tool in (await admin.list_tools()).tools}
+    async with connect(viewer["token"]) as as_viewer:
+        viewer_tools = {tool.name for tool in (await as_viewer.list_tools()).tools}
+    async with connect(narrow["token"]) as as_narrow:
+        narrow_tools = {tool.name for tool in (await as_narrow.list_tools()).tools}
+    assert set(admin_tools) == {name for name, roles in TOOL_ROLES.items() if Role.ADMIN in roles}
+    assert viewer_tools == {name for name, roles in TOOL_ROLES.items() if Role.VIEWER in roles}
+    allowed = services_profile_tools("restricted")
+    assert narrow_tools == {name for name in allowed if Role.AGENT in TOOL_ROLES[name]}
+    for tool in admin_tools.values():
+        assert not any(line.startswith(" ") for line in (tool.description or "").splitlines()), tool.name
+
+
+def services_profile_tools(name: str) -> set[str]:
+    from fnmatch import fnmatchcase
+
+    from server.services.profiles import ProfileRegistry
+    from tests.conftest import TEST_PROFILES
+
+    patterns = ProfileRegistry.load([TEST_PROFILES]).resolve(name).permissions.tools or ("*",)
+    return {tool for tool in TOOL_ROLES if any(fnmatchcase(tool, p) for p in patterns)}
