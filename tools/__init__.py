@@ -6,11 +6,9 @@ import hashlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from mcp.server.auth.settings import AuthSettings
 from mcp.server.mcpserver import MCPServer, RequestStateSecurity
 
 from server import __version__
-from server.http.bearer import SCOPE, FleetTokenVerifier
 from server.metrics import Metrics
 from server.services.container import Services
 from tools import agents, budgets, fleet, governance, locks, resources, tasks, workflows
@@ -38,24 +36,14 @@ def build_mcp(
     """http=True installs bearer auth (every request needs a token); otherwise calls act as
     `default_token`'s principal, or admin when it is None (stdio, in-process)."""
 
-    state = AppState(services=services, default_token=default_token)
+    # Over HTTP the app's middleware verifies every request's token before MCP sees it; the MCP
+    # SDK's own OAuth pieces stay off, so no metadata names an authorization server that is not there.
+    state = AppState(services=services, default_token=default_token, requires_token=http)
 
     @asynccontextmanager
     async def lifespan(_server: MCPServer[AppState]) -> AsyncIterator[AppState]:
         yield state
 
-    auth_kwargs = {}
-    if http:
-        base = services.settings.base_url
-        auth_kwargs = dict(
-            token_verifier=FleetTokenVerifier(services.auth),
-            auth=AuthSettings(
-                issuer_url=base,
-                resource_server_url=f"{base}/mcp",
-                validate_token_resource=False,
-                required_scopes=[SCOPE],
-            ),
-        )
     mcp = FleetMCPServer(
         "agentfleet",
         version=__version__,
@@ -64,7 +52,6 @@ def build_mcp(
         metrics=metrics,
         state=state,
         request_state_security=_shared_state_key(services),
-        **auth_kwargs,
     )
     for area in (fleet, agents, tasks, locks, budgets, workflows, governance, resources):
         area.register(mcp)

@@ -19,6 +19,8 @@ class AppState:
     services: Services
     # The token a stdio (or in-process) session acts with; None means admin.
     default_token: str | None
+    # HTTP: every call carries its own verified token; a call without one is never the admin.
+    requires_token: bool = False
 
 
 FleetContext = Context[AppState]
@@ -36,6 +38,8 @@ async def resolve_caller(state: AppState) -> Principal:
     token = get_access_token()
     if token is not None:
         return principal_from(token)
+    if state.requires_token:
+        raise PermissionDenied("this needs a valid bearer token (Authorization: Bearer <token>)")
     if state.default_token is None:
         return ADMIN
     principal = await state.services.auth.authenticate(state.default_token)

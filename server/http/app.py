@@ -11,7 +11,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import anyio
-from mcp.server.auth.middleware.bearer_auth import BearerAuthBackend, RequireAuthMiddleware
+from mcp.server.auth.middleware.auth_context import AuthContextMiddleware
+from mcp.server.auth.middleware.bearer_auth import BearerAuthBackend
 from mcp.server.mcpserver import MCPServer
 from mcp.server.transport_security import TransportSecuritySettings
 from sse_starlette.sse import EventSourceResponse
@@ -25,7 +26,7 @@ from starlette.types import ASGIApp
 
 from server.a2a.card import REST_PATH
 from server.a2a.routes import a2a_routes
-from server.http.bearer import SCOPE, FleetTokenVerifier
+from server.http.bearer import FleetTokenVerifier, RequireToken
 from server.http.observe import RequestMetricsMiddleware
 from server.loops import background_loops
 from server.metrics import Metrics
@@ -60,6 +61,12 @@ def _healthz(_request: Request) -> Response:
     return JSONResponse({"status": "ok"})
 
 
+def _no_such_metadata(_request: Request) -> Response:
+    """This server is no OAuth authorization server and uses none: discovery ends here, so a client
+    shows the 401 it got rather than starting a sign-in that cannot work."""
+    return JSONResponse({"error": "not_found", "message": "not_found: tokens are bearer tokens; no OAuth"}, 404)
+
+
 # A stream that waits on a queued task can be quiet for hours. A comment line every few seconds
 # keeps it under common client read timeouts (the a2a-sdk's httpx client defaults to 5 s) and
 # lets proxies see it is alive. sse-starlette documents this class attribute as the default.
@@ -89,7 +96,7 @@ def create_app(
         return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
 
     def protected(path: str, app: ASGIApp, methods: list[str]) -> Route:
-        return Route(path, RequireAuthMiddleware(app, required_scopes=[SCOPE]), methods=methods)
+        return Route(path, RequireToken(app), methods=methods)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
@@ -104,17 +111,19 @@ def create_app(
         protected("/readyz", request_response(readyz), ["GET"]),
         protected("/metrics", request_response(metrics_endpoint), ["GET"]),
         *a2a.card,
+        Route("/.well-known/{name:path}", _no_such_metadata, methods=["GET"]),
         *[protected(r.path, r.app, ["POST"]) for r in a2a.jsonrpc if isinstance(r, Route)],
         # Some clients (the A2A TCK among them) post to the card's URL with a trailing slash.
         *[protected(r.path + "/", r.app, ["POST"]) for r in a2a.jsonrpc if isinstance(r, Route)],
-        Mount(REST_PATH, app=RequireAuthMiddleware(a2a.rest, required_scopes=[SCOPE])),
-        Mount("/", app=mcp_app),  # last: serves /mcp and the OAuth protected-resource metadata
+        Mount(REST_PATH, app=RequireToken(a2a.rest)),
+        Mount("/", app=RequireToken(mcp_app)),  # last: serves /mcp
     ]
     return Starlette(
         routes=routes,
         middleware=[
             Middleware(RequestMetricsMiddleware, metrics=metrics),
             Middleware(AuthenticationMiddleware, backend=BearerAuthBackend(verifier)),
+            Middleware(AuthContextMiddleware),  # the verified token, for the MCP tools to read
         ],
         lifespan=lifespan,
     )

@@ -3,7 +3,11 @@ middleware on /mcp, /a2a, /readyz, /metrics), and an AccessToken becomes our Pri
 
 from __future__ import annotations
 
+import json
+
+from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.auth.provider import AccessToken, TokenVerifier
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from server.domain.principal import Principal, Role
 from server.services.auth import Authenticator
@@ -33,3 +37,33 @@ class FleetTokenVerifier(TokenVerifier):
 def principal_from(token: AccessToken) -> Principal:
     profile = (token.claims or {}).get("profile")
     return Principal(Role(token.client_id), token.subject or "", profile if isinstance(profile, str) else None)
+
+
+_UNAUTHORIZED = json.dumps(
+    {
+        "error": "permission_denied",
+        "message": "permission_denied: this needs a valid bearer token (Authorization: Bearer <token>): the admin "
+        "token (AGENTFLEET_ADMIN_TOKEN or DATA_DIR/admin.token), a token from `agentfleet token create`, or an "
+        "agent's own token",
+    }
+).encode()
+
+
+class RequireToken:
+    """401 for a request without a valid token: a plain answer a client can show. No OAuth
+    metadata points anywhere, because this server is no authorization server and names none."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan" or isinstance(scope.get("user"), AuthenticatedUser):
+            await self.app(scope, receive, send)
+            return
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(_UNAUTHORIZED)).encode()),
+            (b"www-authenticate", b'Bearer realm="agentfleet"'),
+        ]
+        await send({"type": "http.response.start", "status": 401, "headers": headers})
+        await send({"type": "http.response.body", "body": _UNAUTHORIZED})

@@ -147,7 +147,21 @@ async def test_protected_endpoints_answer_401_without_a_valid_token(
         ):  # the token without the Bearer scheme
             response = await anonymous.request(method, path, headers=headers, json={})
             assert response.status_code == 401, (path, headers, response.text)
-            assert response.headers["www-authenticate"].startswith("Bearer")
+            # A plain answer to show, and no pointer to an OAuth server that does not exist
+            assert response.headers["www-authenticate"] == 'Bearer realm="agentfleet"'
+            assert response.json()["message"].startswith("permission_denied: this needs a valid bearer token")
+
+
+async def test_no_oauth_metadata_names_an_authorization_server_that_is_not_there(shared_fleet: FleetServer) -> None:
+    async with shared_fleet.http() as anonymous:
+        for path in (
+            "/.well-known/oauth-protected-resource",
+            "/.well-known/oauth-protected-resource/mcp",
+            "/.well-known/oauth-authorization-server",
+            "/.well-known/openid-configuration",
+        ):
+            response = await anonymous.get(path, headers={"Authorization": f"Bearer {shared_fleet.admin_token}"})
+            assert response.status_code == 404, (path, response.text)
 
 
 async def test_health_and_agent_card_are_public(shared_fleet: FleetServer) -> None:
