@@ -65,7 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
     revoke.add_argument("token", help="its name or id (tkn_…)")
     rotate = token_commands.add_parser("rotate", help="new secret, same name and role; the old one stops working")
     rotate.add_argument("token", help="its name or id (tkn_…)")
-    for sub in (create, listing, revoke, rotate):
+    adopt = token_commands.add_parser(
+        "adopt-admin",
+        help="make this data dir's admin token (or AGENTFLEET_ADMIN_TOKEN) the store's admin; the old one stops",
+    )
+    for sub in (create, listing, revoke, rotate, adopt):
         _add_store_flags(sub)
 
     worker = commands.add_parser(
@@ -245,6 +249,8 @@ def cmd_token(args: argparse.Namespace) -> int:
     with _store(args) as db:
         if not _ready(db):
             return 1
+        if args.token_command == "adopt-admin":
+            return _adopt_admin(args, db)
         tokens = TokenService(db, SystemClock())
         if args.token_command == "create":
             issued = asyncio.run(tokens.create(ADMIN, args.name, Role(args.role), args.expires_in_s))
@@ -262,6 +268,21 @@ def cmd_token(args: argparse.Namespace) -> int:
         "as a hash. Send it as `Authorization: Bearer <token>`.",
         file=sys.stderr,
     )
+    return 0
+
+
+def _adopt_admin(args: argparse.Namespace, db: Database) -> int:
+    from server.admin_token import ensure_admin_token
+    from server.clock import SystemClock
+    from server.services.admin_identity import adopt_admin_identity
+
+    admin = ensure_admin_token(_settings(args))
+    changed = adopt_admin_identity(db, SystemClock(), admin.value)
+    where = f"kept in {admin.path}" if admin.path else "from AGENTFLEET_ADMIN_TOKEN"
+    if changed:
+        print(f"the store's admin is now this admin token ({where}); restart every replica with it")
+    else:
+        print(f"this admin token ({where}) already is the store's admin")
     return 0
 
 

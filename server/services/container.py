@@ -9,6 +9,7 @@ from server.clock import Clock, SystemClock
 from server.domain.approval import Decision
 from server.services.a2a_records import A2ARecordService
 from server.services.access import AccessPolicy
+from server.services.admin_identity import claim_admin_identity
 from server.services.agents import AgentService
 from server.services.approval_rows import ApprovalTerms
 from server.services.approvals import ApprovalService
@@ -101,6 +102,7 @@ def build_services(
     db = Database(create_store_engine(settings.resolved_database_url))
     if run_migrations:
         migrate.upgrade(db.engine)
+        claim_admin_identity(db, clock, admin_token)
     task_ends = TaskEnds()
     signals = TaskSignals()
     lock_signals = KeyedSignals()

@@ -371,6 +371,16 @@ events = Table(
     Column("dedupe_key", String(200), nullable=True, unique=True),
 )
 
+# The store's one admin: the sha256 of the admin token of the first server that started on it.
+admin_identity = Table(
+    "orch_admin_identity",
+    metadata,
+    Column("id", SmallInteger, primary_key=True, autoincrement=False),
+    Column("token_hash", String(64), nullable=False),
+    Column("set_at", BigInteger, nullable=False),
+    CheckConstraint("id = 1", name="single"),
+)
+
 audit_log = Table(
     "orch_audit",
     metadata,
