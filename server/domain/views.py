@@ -281,7 +281,12 @@ class BudgetSummary(View):
     spent_usd: str = Field(description="recorded spend in the current period")
     reserved_usd: str = Field(description="set aside by open holds")
     percent: float = Field(description="spent plus reserved, as a percent of the limit")
-    blocked: bool = Field(description="a hard budget at its block threshold: no new dispatch or spawn in scope")
+    blocked: bool = Field(
+        description="a hard budget at its block threshold or overspent: no new dispatch, spawn or reserve in scope"
+    )
+    overspent: bool = Field(
+        False, description="a hard budget whose spend, reported after the fact, passed its limit (recorded, flagged)"
+    )
 
 
 class BudgetView(BudgetSummary):

@@ -146,8 +146,16 @@ def fresh_spent(row: Any, now: int) -> int:
     return 0 if is_stale(row, now) else row.spent_micros
 
 
+def is_overspent(row: Any, now: int) -> bool:
+    """A hard budget whose recorded spend passed its limit: spend reported after the fact (usage
+    beyond a hold, or without one) is recorded, because the money was spent, and blocks the scope."""
+    return row.enforcement == Enforcement.HARD and fresh_spent(row, now) > row.limit_micros
+
+
 def is_blocked(row: Any, now: int) -> bool:
-    """A hard budget at or past its lowest block threshold takes no new dispatch or spawn."""
+    """A hard budget overspent, or at or past its lowest block threshold, takes no new dispatch or spawn."""
+    if is_overspent(row, now):
+        return True
     block = block_percent(row.thresholds)
     if row.enforcement != Enforcement.HARD or block is None:
         return False
@@ -184,6 +192,12 @@ def applicable_to_child(conn: Connection, parent_id: str | None, profile: str, p
 
 def refuse_if_blocked(rows: Iterable[Row[Any]], now: int, what: str) -> None:
     for row in rows:
+        if is_overspent(row, now):
+            raise BudgetExceeded(
+                f"{what} refused: the {row.scope} budget is overspent ({usd(fresh_spent(row, now))} USD spent of "
+                f"{usd(row.limit_micros)}, reported after the fact); raise the limit with budget_set or wait for "
+                "the next period"
+            )
         if is_blocked(row, now):
             percent = committed_percent(fresh_spent(row, now), row.reserved_micros, row.limit_micros)
             raise BudgetExceeded(
@@ -223,10 +237,12 @@ def _refuse(conn: Connection, budget_id: str, amount: int, now: int, stop_at_blo
 
 def move(
     conn: Connection, spend: dict[str, int], unreserve: dict[str, int], now: int, stale: frozenset[str] = frozenset()
-) -> None:
+) -> list[Row[Any]]:
     """Add spend to some budgets and take money set aside off others (by budget id), in id order.
-    `stale`: budgets read in an ended period, which this write rolls over."""
+    `stale`: budgets read in an ended period, which this write rolls over. Returns the hard
+    budgets this spend took past their limit."""
     params = period_params(now)
+    overspent = []
     for budget_id in sorted(spend.keys() | unreserve.keys()):
         amount, back = spend.get(budget_id, 0), unreserve.get(budget_id, 0)
         if amount == 0 and back == 0:
@@ -234,6 +250,36 @@ def move(
         after = conn.execute(_MOVE, {**params, "id": budget_id, "amount": amount, "unreserve": back}).first()
         if after is not None and amount > back:
             record_crossings(conn, after, amount - back, now, rolled_over=budget_id in stale)
+        if (
+            after is not None
+            and amount
+            and after.enforcement == Enforcement.HARD
+            and after.spent_micros > after.limit_micros
+        ):
+            overspent.append(after)
+            _record_overspend(conn, after, now)
+    return overspent
+
+
+def _record_overspend(conn: Connection, after: Any, now: int) -> None:
+    """One `budget.overspent` event per budget and period, for whoever watches the events."""
+    insert_ignoring_duplicates(
+        conn,
+        events,
+        {
+            "id": new_id(EVENT),
+            "at": now,
+            "kind": "budget.overspent",
+            "subject": after.id,
+            "detail": {
+                "scope": after.scope,
+                "spent_usd": str(usd(after.spent_micros)),
+                "limit_usd": str(usd(after.limit_micros)),
+            },
+            "dedupe_key": f"{after.id}:{after.period_start}:overspent",
+        },
+        "dedupe_key",
+    )
 
 
 def hold_off_charges(conn: Connection, exclusive: bool) -> None:

@@ -10,7 +10,7 @@ from server.clock import to_iso
 from server.domain.budget import Period, committed_percent
 from server.domain.money import usd
 from server.domain.views import BudgetSummary, BudgetView, HoldView, ThresholdView
-from server.services.budget_rows import fresh_spent, is_blocked
+from server.services.budget_rows import fresh_spent, is_blocked, is_overspent
 from server.store.tables import budgets
 
 _SCOPES_BY_ID = select(budgets.c.id, budgets.c.scope).where(budgets.c.id.in_(bindparam("ids", expanding=True)))
@@ -27,6 +27,7 @@ def _summary_fields(row: Any, now: int) -> dict[str, Any]:
         "reserved_usd": str(usd(row.reserved_micros)),
         "percent": round(committed_percent(spent, row.reserved_micros, row.limit_micros), 2),
         "blocked": is_blocked(row, now),
+        "overspent": is_overspent(row, now),
     }
 
 

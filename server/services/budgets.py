@@ -182,7 +182,11 @@ class BudgetService:
         return list(
             conn.execute(
                 select(events)
-                .where(events.c.subject == row.id, events.c.dedupe_key.startswith(prefix, autoescape=True))
+                .where(
+                    events.c.subject == row.id,
+                    events.c.kind == "budget.threshold",
+                    events.c.dedupe_key.startswith(prefix, autoescape=True),
+                )
                 .order_by(events.c.id)
             )
         )
@@ -307,7 +311,7 @@ class BudgetService:
                 .values(status=HoldStatus.SETTLED.value, spent_micros=spent)
             )
         if extra > 0:
-            self._charge(conn, spender_of(conn, hold.holder), now, extra, hold_id=hold_id)
+            self._charge(conn, principal, spender_of(conn, hold.holder), now, extra, hold_id=hold_id)
         audit.record(conn, now, principal, "budget.release", hold_id, {"spent_usd": str(usd(spent))})
         return hold_view(conn, self._hold(conn, hold_id))
 
@@ -355,6 +359,7 @@ class BudgetService:
         spender = self._spender(conn, principal)
         usage_id, rows = self._charge(
             conn,
+            principal,
             spender,
             now,
             cost,
@@ -380,6 +385,7 @@ class BudgetService:
     def _charge(
         self,
         conn: Connection,
+        reporter: Principal,
         spender: Spender,
         now: int,
         cost: int,
@@ -394,6 +400,10 @@ class BudgetService:
         """Write one ledger row and add its cost to every budget the spender is under. The caller
         holds off budget_set first (hold_off_charges)."""
         usage_id = new_id(USAGE)
+        rows = applicable(conn, spender)
+        stale = frozenset(r.id for r in rows if is_stale(r, now))
+        overspent = move(conn, {r.id: cost for r in rows}, unreserve or {}, now, stale)
+        # Written after the budgets moved, so the (immutable) ledger row says whether it overspent.
         conn.execute(
             usage.insert().values(
                 id=usage_id,
@@ -409,12 +419,26 @@ class BudgetService:
                 cost_micros=cost,
                 priced_by=priced_by,
                 scopes=scopes_of(conn, spender),
+                over_limit=bool(overspent),
             )
         )
-        rows = applicable(conn, spender)
-        stale = frozenset(r.id for r in rows if is_stale(r, now))
-        move(conn, {r.id: cost for r in rows}, unreserve or {}, now, stale)
+        if overspent:
+            self._audit_overspend(conn, reporter, usage_id, overspent, now)
         return usage_id, list(conn.execute(select(budgets).where(budgets.c.id.in_([r.id for r in rows]))))
+
+    @staticmethod
+    def _audit_overspend(
+        conn: Connection, reporter: Principal, usage_id: str, overspent: list[Row[Any]], now: int
+    ) -> None:
+        """Recorded, because the money was spent; flagged on its ledger row and in the audit trail."""
+        detail = {
+            "usage_id": usage_id,
+            "budgets": [
+                {"scope": r.scope, "spent_usd": str(usd(r.spent_micros)), "limit_usd": str(usd(r.limit_micros))}
+                for r in overspent
+            ],
+        }
+        audit.record(conn, now, reporter, "budget.overspent", overspent[0].id, detail)
 
     # -- holds expire ----------------------------------------------------------------------------
     async def sweep(self) -> int:

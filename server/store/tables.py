@@ -355,6 +355,8 @@ usage = Table(
     Column("cost_micros", BigInteger, nullable=False),
     Column("priced_by", String(20), nullable=False),  # price_table | caller | settlement
     Column("scopes", JSON, nullable=False),
+    # It took a hard budget past its limit (reported after the fact): recorded, flagged, blocking.
+    Column("over_limit", Boolean, nullable=False, server_default=false()),
     CheckConstraint("cost_micros >= 0", name="cost"),
 )
 

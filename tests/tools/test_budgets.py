@@ -712,3 +712,63 @@ async def test_concurrent_draws_never_take_more_than_the_hold_out_of_reserved(fa
         after = await budget(agent, scope)
     assert released["drawn_usd"] == "10.000000", results  # 8 + 8 asked; the hold covers 10 of it
     assert (after["spent_usd"], after["reserved_usd"]) == ("16.000000", "20.000000"), results
+
+
+async def test_spend_reported_past_a_hard_limit_is_recorded_flagged_and_blocks_the_scope(
+    fake_connect, fake_time_services
+):
+    """The money was spent, so it is recorded; the ledger row says it went over, the scope takes no
+    more reserve, dispatch or spawn, an event and an audit row say so, until the limit is raised."""
+    async with fake_connect() as admin:
+        a = await spawn(admin)
+        scope = f"agent:{aid(a)}"
+        await call(admin, "budget_set", scope=scope, limit_usd="1")  # hard, no block threshold
+        queued = await call(admin, "task_submit", type="t")
+    async with fake_connect(a["token"]) as agent:
+        hold = await call(agent, "budget_reserve", amount_usd="1")
+        released = await call(agent, "budget_release", hold_id=hold["id"], actual_usd="123")  # a $1 hold
+        assert released["spent_usd"] == "123.000000"
+        view = await budget(agent, scope)
+        assert view["spent_usd"] == "123.000000" and view["overspent"] is True and view["blocked"] is True
+        await spend(agent, "5")  # more after-the-fact spend: recorded too
+        assert (await budget(agent, scope))["spent_usd"] == "128.000000"
+        for refused in (
+            await call_error(agent, "budget_reserve", amount_usd="0.01"),
+            await call_error(agent, "task_claim"),
+            await call_error(agent, "agent_spawn", profile="worker"),
+        ):
+            assert refused.code == "budget_exceeded"
+        assert "overspent" in (await call_error(agent, "task_claim")).text
+    with fake_time_services.db.engine.connect() as conn:
+        flags = dict(conn.execute(text("SELECT cost_micros, over_limit FROM orch_usage")).all())
+        kinds = [k for (k,) in conn.execute(text("SELECT kind FROM orch_events WHERE kind = 'budget.overspent'"))]
+    assert flags == {123_000_000: True, 5_000_000: True}
+    assert kinds == ["budget.overspent"]  # once per budget and period
+    async with fake_connect() as admin:
+        audited = await call(admin, "audit_query", action="budget.overspent")
+        assert len(audited["entries"]) == 2 and audited["entries"][0]["principal"] == aid(a)
+        await call(admin, "budget_set", scope=scope, limit_usd="500")  # raising the limit unblocks
+    async with fake_connect(a["token"]) as agent:
+        assert (await budget(agent, scope))["overspent"] is False
+        assert (await claim(agent))["id"] == queued["id"]
+
+
+async def test_concurrent_reporters_past_a_hard_limit_are_all_recorded_and_flagged(fake_connect, fake_time_services):
+    async with fake_connect() as admin:
+        a = await spawn(admin)
+        scope = f"agent:{aid(a)}"
+        await call(admin, "budget_set", scope=scope, limit_usd="10")
+
+    async def report_spend(cost: str) -> None:
+        async with fake_connect(a["token"]) as agent:
+            await spend(agent, cost)
+
+    async with anyio.create_task_group() as group:
+        for _ in range(8):
+            group.start_soon(report_spend, "2")
+    async with fake_connect(a["token"]) as agent:
+        view = await budget(agent, scope)
+    assert view["spent_usd"] == "16.000000" and view["overspent"] is True
+    with fake_time_services.db.engine.connect() as conn:
+        rows = conn.execute(text("SELECT over_limit FROM orch_usage ORDER BY at, id")).scalars().all()
+    assert len(rows) == 8 and sum(rows) == 3  # the spends that took it to 12, 14 and 16

@@ -21,10 +21,10 @@ depends_on = None
 
 
 def upgrade() -> None:
-    with op.batch_alter_table("orch_tasks", schema=None) as batch_op:
-        batch_op.add_column(sa.Column("executable", sa.Boolean(), nullable=False, server_default=sa.false()))
-    with op.batch_alter_table("orch_agents", schema=None) as batch_op:
-        batch_op.add_column(sa.Column("runs_payloads", sa.Boolean(), nullable=False, server_default=sa.false()))
+    # Plain ADD COLUMN (no batch copy on SQLite): a copied table would lose its partial indexes'
+    # conditions and its triggers.
+    op.add_column("orch_tasks", sa.Column("executable", sa.Boolean(), nullable=False, server_default=sa.false()))
+    op.add_column("orch_agents", sa.Column("runs_payloads", sa.Boolean(), nullable=False, server_default=sa.false()))
 
 
 def downgrade() -> None:

@@ -1,4 +1,4 @@
-"""admin identity: one admin token per store, kept as its hash
+"""admin identity and overspend: one admin token per store, kept as its hash; usage over a hard limit flagged
 
 Revision ID: 0011b
 Revises: 0011
@@ -28,7 +28,11 @@ def upgrade() -> None:
         sa.CheckConstraint("id = 1", name=op.f("ck_orch_admin_identity_single")),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_orch_admin_identity")),
     )
+    # Plain ADD COLUMN: a batch copy on SQLite would drop the triggers that keep the ledger immutable.
+    op.add_column("orch_usage", sa.Column("over_limit", sa.Boolean(), nullable=False, server_default=sa.false()))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("orch_usage", schema=None) as batch_op:
+        batch_op.drop_column("over_limit")
     op.drop_table("orch_admin_identity")
