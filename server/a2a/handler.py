@@ -39,6 +39,7 @@ from a2a.utils.errors import (
     UnsupportedOperationError,
 )
 from a2a.utils.task import apply_history_length, validate_history_length, validate_page_size
+from google.protobuf.json_format import MessageToDict
 
 from server.a2a.caller import principal_of
 from server.a2a.card import FLEET_STATUS_SKILL
@@ -56,6 +57,7 @@ from server.a2a.mapping import (
 from server.domain.permissions import A2A_CANCEL, A2A_READ, A2A_SEND, A2A_STATUS, A2A_WORKFLOW
 from server.domain.principal import Principal
 from server.domain.statuses import TaskStatus as Orchestrated
+from server.domain.storable import require_storable
 from server.domain.views import TaskView
 from server.errors import Conflict, FleetError, InvalidInput, NotFound, Refusal
 from server.ids import MESSAGE, TASK, new_id
@@ -72,6 +74,8 @@ TERMINAL = frozenset(
 )
 DEFAULT_PAGE = 50
 MAX_PAGE = 100
+PAGE_BYTES = 1024 * 1024  # a ListTasks page stops growing past this many bytes of tasks
+MESSAGE_OVERHEAD_BYTES = 16 * 1024  # a message's envelope beyond its task spec's payload
 
 
 class FleetRequestHandler(RequestHandler):
@@ -133,18 +137,40 @@ class FleetRequestHandler(RequestHandler):
             ),
         )
         records, total = await self._services.a2a_records.list(principal, query)
-        page = [(await self._mirrored(principal, r.id, r.body))[0] for r in records[:size]]
-        for task in page:
+        page: list[Task] = []
+        budget = PAGE_BYTES
+        for record in records[:size]:
+            task = (await self._mirrored(principal, record.id, record.body))[0]
             if not params.include_artifacts:
                 task.ClearField("artifacts")
             task.CopyFrom(apply_history_length(task, params))
+            budget -= task.ByteSize()
+            if page and budget < 0:  # bounded in bytes too: the rest is on the next page
+                break
+            page.append(task)
         response = ListTasksResponse(tasks=page, page_size=size, total_size=total)
-        if len(records) > size:
-            response.next_page_token = records[size - 1].id
+        if len(records) > len(page):
+            response.next_page_token = page[-1].id
         return response
 
     # -- sending -------------------------------------------------------------------------------
+    def _check_message(self, message: Message) -> None:
+        """Bounded and storable before anything is kept: a message too large, or holding text no
+        store can keep, is refused whole (an A2A error), not recorded as a rejected task."""
+        limit = self._services.settings.max_payload_bytes + MESSAGE_OVERHEAD_BYTES
+        size = message.ByteSize()
+        if size > limit:
+            raise InvalidParamsError(
+                message=f"invalid_input: the message is {size} bytes; the limit is {limit} "
+                "(AGENTFLEET_MAX_PAYLOAD_BYTES plus room for its envelope)"
+            )
+        try:
+            require_storable(MessageToDict(message), "message")
+        except InvalidInput as exc:
+            raise InvalidParamsError(message=str(exc)) from exc
+
     async def _accept(self, principal: Principal, message: Message) -> tuple[Task, TaskView | None]:
+        self._check_message(message)
         if message.task_id:
             return await self._follow_up(principal, message)
         task_id = new_id(TASK)

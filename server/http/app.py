@@ -14,7 +14,11 @@ import anyio
 from mcp.server.auth.middleware.auth_context import AuthContextMiddleware
 from mcp.server.auth.middleware.bearer_auth import BearerAuthBackend
 from mcp.server.mcpserver import MCPServer
-from mcp.server.transport_security import TransportSecuritySettings
+from mcp.server.transport_security import (
+    DEFAULT_MAX_REQUEST_BODY_SIZE,
+    RequestBodyLimitMiddleware,
+    TransportSecuritySettings,
+)
 from sse_starlette.sse import EventSourceResponse
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -98,6 +102,10 @@ def create_app(
     def protected(path: str, app: ASGIApp, methods: list[str]) -> Route:
         return Route(path, RequireToken(app), methods=methods)
 
+    def bounded(app: ASGIApp) -> ASGIApp:
+        """A2A bodies are bounded as the MCP SDK bounds its own: 413 before anything is parsed."""
+        return RequestBodyLimitMiddleware(app, DEFAULT_MAX_REQUEST_BODY_SIZE)
+
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         async with (
@@ -112,10 +120,10 @@ def create_app(
         protected("/metrics", request_response(metrics_endpoint), ["GET"]),
         *a2a.card,
         Route("/.well-known/{name:path}", _no_such_metadata, methods=["GET"]),
-        *[protected(r.path, r.app, ["POST"]) for r in a2a.jsonrpc if isinstance(r, Route)],
+        *[protected(r.path, bounded(r.app), ["POST"]) for r in a2a.jsonrpc if isinstance(r, Route)],
         # Some clients (the A2A TCK among them) post to the card's URL with a trailing slash.
-        *[protected(r.path + "/", r.app, ["POST"]) for r in a2a.jsonrpc if isinstance(r, Route)],
-        Mount(REST_PATH, app=RequireToken(a2a.rest)),
+        *[protected(r.path + "/", bounded(r.app), ["POST"]) for r in a2a.jsonrpc if isinstance(r, Route)],
+        Mount(REST_PATH, app=RequireToken(bounded(a2a.rest))),
         Mount("/", app=RequireToken(mcp_app)),  # last: serves /mcp
     ]
     return Starlette(
