@@ -287,7 +287,7 @@ class BudgetService:
         hold_off_charges(conn, exclusive=False)  # before any budget row: budget_set takes them in that order
         hold = self._hold(conn, hold_id, for_update=True)
         if not (principal.is_admin or hold.holder == principal.id):
-            raise PermissionDenied(f"hold {hold_id} belongs to {hold.holder}, not you")
+            raise PermissionDenied(f"hold {hold_id} is not yours")
         if hold.status == HoldStatus.SETTLED or (hold.status == HoldStatus.EXPIRED and actual is None):
             if actual is not None and actual != hold.spent_micros:
                 raise Conflict(
@@ -493,7 +493,7 @@ class BudgetService:
         if hold_id is not None:
             hold = self._hold(conn, hold_id, for_update=True)
             if hold.holder != principal.id:
-                raise PermissionDenied(f"hold {hold_id} belongs to {hold.holder}; draw only from your own holds")
+                raise PermissionDenied(f"hold {hold_id} is not yours; draw only from your own holds")
             if hold.status != HoldStatus.HELD:
                 raise Conflict(f"hold {hold_id} is {hold.status}; record the usage without hold_id")
             return hold

@@ -299,10 +299,13 @@ class LockService:
             guard.append(tasks.c.agent_id == principal.id)
         bound = conn.execute(update(tasks).where(*guard).values(has_locks=True).returning(tasks.c.id)).first()
         if bound is None:
-            status = conn.execute(select(tasks.c.status).where(tasks.c.id == task_id)).scalar()
-            if status is None:
+            row = conn.execute(select(tasks.c.status, tasks.c.agent_id).where(tasks.c.id == task_id)).first()
+            if row is None:
                 raise NotFound(f"no task {task_id}")
-            raise Conflict(f"task {task_id} is {status}, not running under your lease; task-scoped locks need one")
+            if not principal.is_admin and row.agent_id != principal.id:
+                # Someone else's task: say no, and nothing of its state.
+                raise PermissionDenied(f"task {task_id} is not leased to you; task-scoped locks need your own")
+            raise Conflict(f"task {task_id} is {row.status}, not running under your lease; task-scoped locks need one")
 
     @staticmethod
     def _check_modes(claims: list[Claim], capacities: dict[str, int]) -> None:
@@ -531,7 +534,7 @@ class LockService:
         if row is None:
             raise NotFound(f"no lock {lock_id}")
         if row.holder != principal.id and not for_others:
-            raise PermissionDenied(f"lock {lock_id} is held by {row.holder}, not you")
+            raise PermissionDenied(f"lock {lock_id} is not yours")
         if row.status == LockStatus.HELD and row.expires_at is None:
             raise InvalidInput(f"lock {lock_id} lives as long as task {row.task_id}; renew that task's lease instead")
         if row.status == LockStatus.HELD and row.expires_at <= now:
@@ -557,7 +560,7 @@ class LockService:
         if row is None:
             raise NotFound(f"no lock {lock_id}")
         if row.holder != principal.id and not principal.can_operate:
-            raise PermissionDenied(f"lock {lock_id} is held by {row.holder}, not you")
+            raise PermissionDenied(f"lock {lock_id} is not yours")
         if row.status == LockStatus.RELEASED and row.ended_by == principal.id:
             return _read_lock(conn, lock_id), None  # a repeated release: same answer
         if row.status == LockStatus.HELD and row.expires_at is not None and row.expires_at <= now:

@@ -134,6 +134,7 @@ class TaskService:
         if spec.idempotency_key is not None:
             existing = conn.execute(select(tasks).where(tasks.c.idempotency_key == spec.idempotency_key)).first()
             if existing is not None:
+                self._check_key_owner(existing, principal, spec.idempotency_key)
                 return self._replay(conn, existing, digest, spec.idempotency_key)
         executable = self._access.may_execute(principal)
         if spec.pinned_agent_id is not None:
@@ -191,6 +192,7 @@ class TaskService:
                 existing = conn.execute(select(tasks).where(tasks.c.idempotency_key == spec.idempotency_key)).first()
                 if existing is None:
                     raise
+                self._check_key_owner(existing, principal, spec.idempotency_key)
                 return self._replay(conn, existing, digest, spec.idempotency_key)
         approval = None
         if approval_id is not None:
@@ -234,6 +236,12 @@ class TaskService:
         return frozenset(c for (caps,) in rows for c in caps)
 
     @staticmethod
+    def _check_key_owner(existing: Row[Any], principal: Principal, key: str) -> None:
+        """A key another principal used answers nothing about their task, not even its id."""
+        if existing.submitted_by != principal.id and not principal.can_operate:
+            raise Conflict(f"idempotency_key {key!r} is already taken; choose another")
+
+    @staticmethod
     def _replay(conn: Connection, existing: Row[Any], digest: str, key: str) -> TaskView:
         if existing.spec_hash != digest:
             raise Conflict(f"idempotency_key {key!r} was used for task {existing.id} with a different spec")
@@ -250,7 +258,7 @@ class TaskService:
                 "`permissions.execute: true` in your profile, or an operator"
             )
         if pinned.status not in _LIVE:
-            raise Conflict(f"agent {agent_id} is {pinned.status}; a task can be pinned only to a live agent")
+            raise Conflict(f"agent {agent_id} is not live; a task can be pinned only to a live agent")
 
     # -- read ----------------------------------------------------------------------------------
     async def get(self, principal: Principal, task_id: str) -> TaskView:
