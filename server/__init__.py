@@ -1,3 +1,3 @@
 """agentfleet: an orchestration server for fleets of AI agents."""
 
-__version__ = "0.7.0"
+__version__ = "0.8.0"
