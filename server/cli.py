@@ -5,13 +5,16 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import socket
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from server import __version__
-from server.errors import FleetError
+from server.errors import FleetError, Unavailable
 
 if TYPE_CHECKING:
     from server.admin_token import AdminToken
@@ -30,6 +33,7 @@ def _add_store_flags(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="agentfleet", description="Orchestration server for fleets of AI agents.")
     parser.add_argument("--version", action="version", version=f"agentfleet {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of a failure (AGENTFLEET_DEBUG=1)")
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="run the server (HTTP; or MCP over stdio with --stdio)")
@@ -118,7 +122,40 @@ def _announce(settings: Settings, admin: AdminToken, stdio: bool) -> None:
     print(f"data dir: {settings.data_dir}", file=out)
     if admin.created:
         print(f"admin token (shown once; kept in {admin.path}): {admin.value}", file=out)
+    elif admin.path is not None:
+        print(f"admin token: in {admin.path}", file=out)
+    else:
+        print("admin token: from AGENTFLEET_ADMIN_TOKEN", file=out)
     out.flush()
+
+
+def _check_store(settings: Settings) -> None:
+    from server.store.database import check_reachable, create_store_engine
+
+    engine = create_store_engine(settings.resolved_database_url)
+    try:
+        check_reachable(engine)
+    finally:
+        engine.dispose()
+
+
+def _bind(settings: Settings) -> socket.socket:
+    """The server's socket, bound before anything is printed or created, so a port in use is one
+    line. Not yet listening: until uvicorn listens on it, callers are refused (and retry) rather
+    than queued behind a server still starting."""
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((settings.host, settings.port))
+        return sock
+    except OSError as exc:
+        sock.close()
+        raise Unavailable(
+            f"cannot listen on {settings.host}:{settings.port} ({os.strerror(exc.errno) if exc.errno else exc}): "
+            "stop what uses it, "
+            "or pass --port / AGENTFLEET_PORT (and --host / AGENTFLEET_HOST)"
+        ) from None
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -133,6 +170,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings(args)
     harden_server_process()  # after the settings have read the secrets it scrubs
     _configure_logging(settings.log_level)
+    listener = None if args.stdio else _bind(settings)
+    _check_store(settings)  # before the admin token or anything else is created
     admin = ensure_admin_token(settings)
     services = build_services(settings, admin.value)
     try:
@@ -147,7 +186,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         server = uvicorn_server(create_app(services), settings, on_exit=services.release_waiters)
         _announce(settings, admin, stdio=False)
-        server.run()
+        server.run(sockets=[listener] if listener is not None else None)
         return 0
     finally:
         services.close()
@@ -176,14 +215,32 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
 
 @contextmanager
 def _store(args: argparse.Namespace) -> Iterator[Database]:
-    """The store the flags and environment name, for one command."""
-    from server.store.database import Database, create_store_engine
+    """The store the flags and environment name, for one command. It must exist: a command other
+    than `serve` and `db upgrade` never creates a data dir or a store."""
+    from server.store.database import Database, check_reachable, create_store_engine, is_sqlite
 
-    db = Database(create_store_engine(_settings(args).resolved_database_url))
+    settings = _settings(args)
+    url = settings.resolved_database_url
+    if is_sqlite(url):
+        path = _sqlite_path(url)
+        if path is not None and not path.is_file():
+            raise Unavailable(
+                f"no store at {path}: start the server once (agentfleet serve), or point --data-dir / "
+                "AGENTFLEET_DATA_DIR (or --database-url) at the one it uses"
+            )
+    db = Database(create_store_engine(url))
     try:
+        check_reachable(db.engine)
         yield db
     finally:
         db.dispose()
+
+
+def _sqlite_path(url: str) -> Path | None:
+    from sqlalchemy.engine import make_url
+
+    database = make_url(url).database
+    return Path(database) if database and database != ":memory:" else None
 
 
 def _ready(db: Database) -> bool:
@@ -329,6 +386,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    debug = args.debug or os.environ.get("AGENTFLEET_DEBUG") == "1"
     handlers = {
         "serve": cmd_serve,
         "status": cmd_status,
@@ -341,10 +399,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_db_upgrade(args)
         return handlers[args.command](args)
     except FleetError as exc:
+        if debug:
+            raise
         print(f"agentfleet: {exc}", file=sys.stderr)
-        return 2
+        return _EXIT_CODES.get(exc.code, 2)
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # the top-level handler: one line, the traceback only on request
+        if debug:
+            raise
+        print(f"agentfleet: {type(exc).__name__}: {exc} (run with --debug for the traceback)", file=sys.stderr)
+        return 1
+
+
+# A mistake in what was asked (a flag, a setting, an argument): 2. Something not there to reach: 3.
+_EXIT_CODES = {"unavailable": 3}
 
 
 if __name__ == "__main__":

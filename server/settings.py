@@ -153,6 +153,34 @@ def load_settings(env: Mapping[str, str] | None = None, **flags: Any) -> Setting
         raise InvalidInput(f"{ENV_PREFIX}AGENT_LOG_BYTES must be at least 4096, got {from_env.agent_log_max_bytes}")
     if from_env.approval_timeout_s < 1:
         raise InvalidInput(f"{ENV_PREFIX}APPROVAL_TIMEOUT_S must be positive, got {from_env.approval_timeout_s}")
-    if "data_dir" in flags and flags["data_dir"] is not None:
-        flags["data_dir"] = Path(flags["data_dir"]).expanduser()
-    return from_env.with_overrides(**flags)
+    for folder in ("data_dir", "profiles_dir"):  # flags arrive as text
+        if flags.get(folder) is not None:
+            flags[folder] = Path(flags[folder]).expanduser()
+    return checked(from_env.with_overrides(**flags))
+
+
+def checked(settings: Settings) -> Settings:
+    """What flags and environment together must satisfy, each refusal naming the setting."""
+    if not 1 <= settings.port <= 65535:
+        raise InvalidInput(f"--port / {ENV_PREFIX}PORT must be a TCP port from 1 to 65535, got {settings.port}")
+    if settings.database_url is not None:
+        scheme = settings.database_url.partition(":")[0].lower()
+        if scheme not in ("sqlite", "postgresql", "postgres", "postgresql+psycopg"):
+            raise InvalidInput(
+                f"--database-url / {ENV_PREFIX}DATABASE_URL must be sqlite:///PATH or postgresql://USER@HOST:PORT/DB, "
+                f"got {masked(settings.database_url)!r}"
+            )
+    if settings.profiles_dir is not None and not settings.profiles_dir.is_dir():
+        raise InvalidInput(
+            f"--profiles-dir / {ENV_PREFIX}PROFILES_DIR: no folder {settings.profiles_dir}; create it or fix the path"
+        )
+    return settings
+
+
+def masked(url: str) -> str:
+    """A URL as it may be shown: its password replaced."""
+    scheme, sep, rest = url.partition("://")
+    credentials, at, host = rest.rpartition("@")
+    if not sep or not at or ":" not in credentials:
+        return url
+    return f"{scheme}://{credentials.split(':', 1)[0]}:***@{host}"

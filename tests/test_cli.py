@@ -54,6 +54,10 @@ async def test_status_shows_what_the_server_stored(tmp_path, services, connect, 
 
 def test_status_on_an_unmigrated_store_says_what_to_do(tmp_path):
     env = {"AGENTFLEET_DATA_DIR": str(tmp_path / "d")}
+    missing = run_cli("status", env=env)
+    assert missing.returncode == 3 and "no store at" in missing.stderr and not (tmp_path / "d").exists()
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "agentfleet.db").touch()  # there, but never migrated
     shown = run_cli("status", env=env)
     assert shown.returncode == 1 and "agentfleet db upgrade" in shown.stderr
 
@@ -144,5 +148,7 @@ async def test_token_commands_refuse_bad_requests(tmp_path, services, database_u
 
 def test_token_commands_on_an_unmigrated_store_say_what_to_do(tmp_path):
     env = {"AGENTFLEET_DATA_DIR": str(tmp_path / "d")}
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "agentfleet.db").touch()  # there, but never migrated
     shown = run_cli("token", "create", "alice", "--role", "operator", env=env)
     assert shown.returncode == 1 and "agentfleet db upgrade" in shown.stderr and not shown.stdout

@@ -34,7 +34,7 @@ from server.services.workflow_templates import WorkflowTemplateService, shipped_
 from server.services.workflows import WorkflowService
 from server.settings import Settings
 from server.store import migrate
-from server.store.database import Database, create_store_engine
+from server.store.database import Database, check_reachable, create_store_engine
 
 
 @dataclass
@@ -101,6 +101,7 @@ def build_services(
     profiles = load_profiles(settings)
     db = Database(create_store_engine(settings.resolved_database_url))
     if run_migrations:
+        check_reachable(db.engine)
         migrate.upgrade(db.engine)
         claim_admin_identity(db, clock, admin_token)
     task_ends = TaskEnds()

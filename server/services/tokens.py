@@ -49,7 +49,7 @@ def _find(conn: Connection, ref: str) -> Row[Any]:
     column = tokens.c.id if ref.startswith(f"{TOKEN}_") else tokens.c.name
     row = conn.execute(select(tokens).where(column == ref)).first()
     if row is None:
-        raise NotFound(f"no token {ref!r}; token_list shows them")
+        raise NotFound(f"no token {ref!r}: list them with `agentfleet token list` (or the token_list tool)")
     return row
 
 

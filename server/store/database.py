@@ -81,6 +81,21 @@ def create_store_engine(url: str) -> Engine:
     return create_engine(url, pool_size=READ_THREADS + WRITE_THREADS_PG, max_overflow=4, pool_recycle=1800)
 
 
+def check_reachable(engine: Engine) -> None:
+    """Connect once, so a wrong host, port, database or password is one clear line at start
+    rather than a traceback from deep in a migration."""
+    try:
+        with engine.connect():
+            pass
+    except OperationalError as exc:
+        reason = str(exc.orig or exc).strip().splitlines()[0] if str(exc.orig or exc).strip() else type(exc).__name__
+        shown = engine.url.render_as_string(hide_password=True)
+        raise Unavailable(
+            f"cannot open the store {shown}: {reason}; check --database-url / AGENTFLEET_DATABASE_URL "
+            "and that the database server is running and the database exists"
+        ) from exc
+
+
 def after_commit(conn: Connection, callback: Callable[[], None]) -> None:
     """Run `callback` on the event loop once this write transaction has committed (never if it
     rolls back): how in-process wake-ups follow the change that justifies them."""

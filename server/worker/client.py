@@ -2,7 +2,7 @@
 
 The SDK's `mcp.Client` costs ~1.4 s of imports (it pulls the server side in too), and a process
 agent's spawn-to-first-call budget is 500 ms, so the worker speaks the few bytes it needs itself
-(httpx2, ~0.2 s): one POST per call, no session, nothing to re-establish after a server restart.
+(httpx, ~0.2 s): one POST per call, no session, nothing to re-establish after a server restart.
 The wire shape is what `mcp.Client(mode="auto")` sends to `agentfleet serve`.
 
 Outcomes of a call: the tool's structured result; `ToolError` (the tool answered `isError`, its
@@ -18,11 +18,13 @@ import asyncio
 import itertools
 import json
 import logging
+import os
 import re
 import ssl
+import time
 from typing import Any
 
-import httpx2
+import httpx
 
 PROTOCOL_VERSION = "2026-07-28"
 CALL_TIMEOUT_S = 30.0
@@ -67,8 +69,16 @@ class Backoff:
 
 
 # Plain http: a context that verifies but trusts no CA, so nothing is sent unverified, and the
-# ~100 ms of loading the system's CA store (httpx2's default) is not spent at every start.
+# ~100 ms of loading the system's CA store (httpx's default) is not spent at every start.
 _NO_TLS = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+
+
+# How long a worker tries to reach a server that has never answered before it says the URL is wrong.
+FIRST_CONTACT_S = float(os.environ.get("AGENTFLEET_CONNECT_TIMEOUT_S") or 30.0)
+
+
+class NeverReached(Exception):
+    """The server never answered at all: most likely the URL is wrong."""
 
 
 class FleetClient:
@@ -80,7 +90,7 @@ class FleetClient:
             "io.modelcontextprotocol/clientInfo": {"name": "agentfleet-worker", "version": "1"},
             "io.modelcontextprotocol/clientCapabilities": {},
         }
-        self._http = httpx2.AsyncClient(
+        self._http = httpx.AsyncClient(
             headers={
                 "Authorization": f"Bearer {token}",
                 "Accept": "application/json, text/event-stream",
@@ -89,6 +99,7 @@ class FleetClient:
             timeout=CALL_TIMEOUT_S,
             verify=True if self.endpoint.startswith("https:") else _NO_TLS,
         )
+        self.reached = False  # any answer from the server at all, once: then unreachable means "restarting"
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -109,8 +120,9 @@ class FleetClient:
                 headers={"MCP-Method": "tools/call", "MCP-Name": tool},
                 timeout=timeout,
             )
-        except httpx2.TransportError as exc:  # connect, read, write, pool, timeouts, dropped connections
+        except httpx.TransportError as exc:  # connect, read, write, pool, timeouts, dropped connections
             raise Unreachable(f"{type(exc).__name__}: {exc}".rstrip(": ")) from exc
+        self.reached = True
         if response.status_code in (401, 403):
             raise Unauthorized(f"HTTP {response.status_code} from {self.endpoint}: {response.text[:200]}")
         if response.status_code in RETRYABLE_STATUS:
@@ -132,12 +144,19 @@ class FleetClient:
     async def call_retrying(
         self, tool: str, arguments: dict[str, Any], timeout: float = CALL_TIMEOUT_S
     ) -> dict[str, Any]:
-        """`call`, retried while the server is unreachable (forever; cancel to give up) or rate-limits."""
+        """`call`, retried while the server is unreachable or rate-limits: forever once it has answered
+        (it is restarting), for FIRST_CONTACT_S before it ever has (then the URL is likely wrong)."""
         backoff = Backoff()
+        started = time.monotonic()
         while True:
             try:
                 return await self.call(tool, arguments, timeout)
             except Unreachable as exc:
+                if not self.reached and time.monotonic() - started > FIRST_CONTACT_S:
+                    raise NeverReached(
+                        f"no answer from {self.endpoint} for {FIRST_CONTACT_S:.0f} s ({exc}): check --url / "
+                        "AGENTFLEET_URL, and that `agentfleet serve` runs there"
+                    ) from exc
                 delay = backoff.step()
                 log.warning("%s: server unreachable (%s); retrying in %.1f s", tool, exc, delay)
             except ToolError as exc:
@@ -149,7 +168,7 @@ class FleetClient:
             await asyncio.sleep(delay)
 
 
-def _message(response: httpx2.Response, request_id: int) -> dict[str, Any]:
+def _message(response: httpx.Response, request_id: int) -> dict[str, Any]:
     """The JSON-RPC response to `request_id`, from a JSON body or an SSE stream."""
     content_type = response.headers.get("content-type", "")
     try:

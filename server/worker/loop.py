@@ -19,10 +19,11 @@ from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
-from server.worker.client import Backoff, FleetClient, ProtocolError, ToolError, Unauthorized
+from server.worker.client import Backoff, FleetClient, NeverReached, ProtocolError, ToolError, Unauthorized
 from server.worker.supervise import TaskRunner
 
 DRAINED, FAILED, USAGE, NOT_REGISTERED = 0, 1, 2, 3
+UNREACHABLE = 3  # the server never answered at its URL
 CLAIM_SLACK_S = 30.0  # a long-poll that takes this much longer than its wait_s: the server is gone
 TERMINATE_TIMEOUT_S = 15.0
 DEFAULT_OUTPUT_CAP = 262_144  # the server's default AGENTFLEET_MAX_PAYLOAD_BYTES
@@ -46,9 +47,13 @@ class WorkerConfig:
 
 
 def run(config: WorkerConfig) -> int:
-    for quiet in ("httpx2", "httpcore2"):  # a line per request otherwise
+    for quiet in ("httpx", "httpcore"):  # a line per request otherwise
         logging.getLogger(quiet).setLevel(logging.WARNING)
-    return asyncio.run(_main(config))
+    try:
+        return asyncio.run(_main(config))
+    except NeverReached as exc:
+        log.error("giving up: %s", exc)
+        return UNREACHABLE
 
 
 async def _main(config: WorkerConfig) -> int:

@@ -264,7 +264,7 @@ async def test_first_start_prints_a_generated_admin_token_once(serve: ServeFacto
     assert first.stop() in (0, -signal.SIGTERM)  # a graceful stop, not a crash
 
     second = serve(None, data_dir=data_dir, admin_token=None)
-    assert "admin token" not in second.stdout() and token not in second.stdout()
+    assert f"admin token: in {token_file}" in second.stdout() and token not in second.stdout()  # where, not what
     assert token not in second.stderr()
     assert token_file.read_text(encoding="utf-8").strip() == token
     async with second.http(token) as http:
