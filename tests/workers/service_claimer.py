@@ -35,14 +35,15 @@ async def drain(services, token: str) -> list[str]:
 
 
 async def main(url: str, tokens: list[str]) -> None:
-    settings = Settings(
-        data_dir=Path(tempfile.mkdtemp()), database_url=url, profiles_dir=Path(__file__).parents[1] / "profiles"
-    )
-    services = build_services(settings, ADMIN, run_migrations=False)
-    try:
-        results = await asyncio.gather(*(drain(services, t) for t in tokens))
-    finally:
-        services.close()
+    with tempfile.TemporaryDirectory(prefix="agentfleet-claimer-") as data_dir:  # removed when it exits
+        settings = Settings(
+            data_dir=Path(data_dir), database_url=url, profiles_dir=Path(__file__).parents[1] / "profiles"
+        )
+        services = build_services(settings, ADMIN, run_migrations=False)
+        try:
+            results = await asyncio.gather(*(drain(services, t) for t in tokens))
+        finally:
+            services.close()
     for token, done in zip(tokens, results, strict=True):
         print(json.dumps({"token_tail": token[-6:], "completed": done}), flush=True)
 
