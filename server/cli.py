@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from server import __version__
+from server import __version__, operator_cli
 from server.errors import FleetError, Unavailable
 
 if TYPE_CHECKING:
@@ -56,6 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
     audit_commands = audit.add_subparsers(dest="audit_command", required=True)
     verify = audit_commands.add_parser("verify", help="check the hash chain; exit 1 naming the first bad row")
     _add_store_flags(verify)
+    operator_cli.add_audit_query(audit_commands)
+    operator_cli.register(commands)
+    completion = commands.add_parser("completion", help="print a shell completion script: bash, zsh or tcsh")
+    completion.add_argument("shell", choices=["bash", "zsh", "tcsh"])
 
     token = commands.add_parser("token", help="tokens for people and services (acts as the admin)")
     token_commands = token.add_subparsers(dest="token_command", required=True)
@@ -384,10 +388,18 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return run(config)
 
 
+def cmd_completion(args: argparse.Namespace) -> int:
+    import shtab  # generates the script from the parser itself, so it never drifts from the commands
+
+    print(shtab.complete(build_parser(), shell=args.shell))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     debug = args.debug or os.environ.get("AGENTFLEET_DEBUG") == "1"
     handlers = {
+        "completion": cmd_completion,
         "serve": cmd_serve,
         "status": cmd_status,
         "audit": cmd_audit_verify,
@@ -397,7 +409,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "db":
             return cmd_db_upgrade(args)
-        return handlers[args.command](args)
+        handler = getattr(args, "handler", None) or handlers[args.command]
+        return int(handler(args))
     except FleetError as exc:
         if debug:
             raise

@@ -1,0 +1,78 @@
+"""The operator CLI against a real server: each command is one tool call through the same door as
+MCP, shown as a table or as --json; refusals and an unreachable server are one line with their
+exit code. In process (main()), against a real `agentfleet serve`."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import pytest
+
+from server.cli import main
+from tests.helpers import call
+
+if TYPE_CHECKING:
+    from tests.serving import FleetServer
+
+pytest_plugins = ["tests.serving"]
+pytestmark = pytest.mark.slow
+
+
+def cli(fleet: FleetServer, capsys: pytest.CaptureFixture[str], *args: str, token: str | None = None):
+    code = main([*args, "--url", fleet.base_url, "--token", token or fleet.admin_token])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def over_mcp(fleet: FleetServer, tool: str, **arguments: Any) -> dict[str, Any]:
+    async def go() -> dict[str, Any]:
+        async with fleet.mcp() as admin:
+            return await call(admin, tool, **arguments)
+
+    return anyio.run(go)
+
+
+def test_agents_tasks_and_a_waited_task_end_to_end(module_fleet: FleetServer, capsys):
+    agent = over_mcp(module_fleet, "agent_spawn", profile="python-echo", name="cli-echo")
+    code, out, _ = cli(module_fleet, capsys, "agents", "list")
+    assert code == 0 and "cli-echo" in out and "python-echo@1.0.0" in out
+    code, out, _ = cli(module_fleet, capsys, "agents", "list", "--json")
+    assert code == 0 and agent["agent"]["id"] in {a["id"] for a in json.loads(out)["agents"]}
+
+    code, out, _ = cli(
+        module_fleet, capsys, "tasks", "submit", "echo", "--payload", '{"n": 7}', "--capability", "echo", "--json"
+    )
+    submitted = json.loads(out)
+    assert code == 0 and submitted["status"] in ("queued", "running", "completed")
+    code, out, _ = cli(module_fleet, capsys, "tasks", "get", submitted["id"], "--wait", "--json")
+    assert code == 0 and json.loads(out)["result"] == {"echo": {"n": 7}}
+    code, out, _ = cli(module_fleet, capsys, "tasks", "list", "--status", "completed")
+    assert code == 0 and submitted["id"] in out and "completed" in out
+    code, out, _ = cli(module_fleet, capsys, "audit", "query", "--action", "task.submit")
+    assert code == 0 and submitted["id"] in out
+
+
+def test_approvals_are_listed_and_decided(module_fleet: FleetServer, capsys):
+    task = over_mcp(module_fleet, "task_submit", type="deploy", requires_approval=True, allow_unroutable=True)
+    approval_id = task["approval"]["id"]
+    code, out, _ = cli(module_fleet, capsys, "approvals", "list")
+    assert code == 0 and approval_id in out
+    code, out, _ = cli(module_fleet, capsys, "approvals", "reject", approval_id, "--note", "not today", "--json")
+    assert code == 0 and json.loads(out)["status"] == "rejected" and json.loads(out)["note"] == "not today"
+
+
+def test_a_refusal_and_an_unreachable_server_are_one_line(module_fleet: FleetServer, capsys):
+    viewer = over_mcp(module_fleet, "token_create", name="cli-viewer", role="viewer")["token"]
+    code, out, err = cli(module_fleet, capsys, "tasks", "cancel", "tsk_0000NOSUCHTASK", token=viewer)
+    assert code == 2 and out == "" and err.startswith("agentfleet: permission_denied: task_cancel is for")
+    code = main(["locks", "list", "--url", "http://127.0.0.1:9", "--token", "afk_x"])
+    err = capsys.readouterr().err
+    assert code == 3 and err.startswith("agentfleet: unavailable: cannot reach the server at http://127.0.0.1:9")
+
+
+def test_shell_completion_is_generated_from_the_commands(capsys):
+    assert main(["completion", "bash"]) == 0
+    script = capsys.readouterr().out
+    assert "approvals" in script and "workflows" in script and "--json" in script
