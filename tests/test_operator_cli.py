@@ -5,6 +5,9 @@ exit code. In process (main()), against a real `agentfleet serve`."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -76,3 +79,17 @@ def test_shell_completion_is_generated_from_the_commands(capsys):
     assert main(["completion", "bash"]) == 0
     script = capsys.readouterr().out
     assert "approvals" in script and "workflows" in script and "--json" in script
+
+
+def test_a_worker_for_a_profile_the_server_runs_is_refused_before_any_agent_is_made(module_fleet: FleetServer):
+    before = over_mcp(module_fleet, "agent_list", profile="python-echo")["agents"]
+    env = {**os.environ, "AGENTFLEET_URL": module_fleet.base_url, "AGENTFLEET_TOKEN": module_fleet.admin_token}
+    done = subprocess.run(
+        [sys.executable, "-m", "server.cli", "worker", "--profile", "python-echo", "--", "true"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 3 and "has runtime process, not external" in done.stderr, done.stderr
+    assert over_mcp(module_fleet, "agent_list", profile="python-echo")["agents"] == before

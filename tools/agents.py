@@ -7,6 +7,7 @@ from typing import Annotated
 from mcp.server.mcpserver import MCPServer
 from pydantic import Field
 
+from server.domain.profile import Runtime
 from server.domain.statuses import AgentStatus
 from server.domain.views import AgentList, AgentView, SpawnedAgent, TerminatedAgents
 from tools.annotations import DESTRUCTIVE, READ_ONLY, WRITES
@@ -54,6 +55,10 @@ def register(mcp: MCPServer) -> None:
                 description="runtime a2a: the remote A2A agent's base URL (overrides the profile's)",
             ),
         ] = None,
+        runtime: Annotated[
+            Runtime | None,
+            Field(description="refuse (invalid_input, nothing created) unless the profile has this runtime"),
+        ] = None,
         reason: Reason = None,
     ) -> SpawnedAgent:
         """Create an agent from a profile. The profile's runtime decides who runs it:
@@ -68,7 +73,7 @@ def register(mcp: MCPServer) -> None:
         with budget_exceeded when a hard budget over the new agent is at its block threshold."""
         principal = await caller(ctx, reason)
         return await services_of(ctx).agents.spawn(
-            principal, profile, name, capabilities, parent_id, labels, pools, a2a_url
+            principal, profile, name, capabilities, parent_id, labels, pools, a2a_url, runtime
         )
 
     @mcp.tool(annotations=READ_ONLY)

@@ -186,8 +186,14 @@ class AgentService:
         labels: dict[str, str] | None = None,
         pools: Sequence[str] = (),
         a2a_url: str | None = None,
+        runtime: Runtime | None = None,
     ) -> SpawnedAgent:
         chosen = self._profiles.resolve(profile)
+        if runtime is not None and chosen.runtime is not runtime:
+            raise InvalidInput(
+                f"profile {chosen.ref} has runtime {chosen.runtime.value}, not {runtime.value}"
+                + ("; the server runs its agents itself" if chosen.runtime is Runtime.PROCESS else "")
+            )
         extra = validate_capabilities(capabilities)
         bad_pools = [p for p in pools if not POOL.match(p)]
         if bad_pools or len(pools) > 16:

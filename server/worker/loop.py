@@ -86,7 +86,8 @@ def _on_signal(sig: signal.Signals, stop: asyncio.Event) -> None:
 
 
 async def _register(operator: FleetClient, config: WorkerConfig, stop: asyncio.Event) -> tuple[str, str] | None:
-    arguments = {"profile": config.profile} | ({"name": config.name} if config.name else {})
+    # runtime=external: a profile the server runs itself is refused before any agent is made.
+    arguments = {"profile": config.profile, "runtime": "external"} | ({"name": config.name} if config.name else {})
     try:
         spawned = await _unless_stopped(operator.call_retrying("agent_spawn", arguments), stop)
     except (ToolError, Unauthorized, ProtocolError) as exc:
