@@ -205,11 +205,16 @@ async def _serve_stdio(mcp: Any, services: Any) -> None:
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
     from server.store import migrate
-    from server.store.database import create_store_engine
+    from server.store.database import check_reachable, create_store_engine
 
     settings = _settings(args)
     engine = create_store_engine(settings.resolved_database_url)
+    # Each migration as it starts, on stderr: on a big store one can take a while.
+    progress = logging.getLogger("alembic.runtime.migration")
+    progress.setLevel(logging.INFO)
+    progress.addHandler(logging.StreamHandler(sys.stderr))
     try:
+        check_reachable(engine)
         migrate.upgrade(engine)
         print(f"store at revision {migrate.current_revision(engine)}")
     finally:
