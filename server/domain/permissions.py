@@ -54,7 +54,27 @@ TOOL_ROLES: dict[str, frozenset[Role]] = {
     "token_list": ADMIN_ONLY,
     "token_revoke": ADMIN_ONLY,
     "token_rotate": ADMIN_ONLY,
+    "event_list": EVERYONE,  # each principal reads only the events it may see
+    "event_replay": STAFF,
+    # Triggers create work on their owner's behalf: staff, or an agent whose profile names them.
+    "trigger_create": RUNS_WORK,
+    "trigger_list": RUNS_WORK,
+    "trigger_get": RUNS_WORK,
+    "trigger_update": RUNS_WORK,
+    "trigger_delete": RUNS_WORK,
+    "trigger_fire": RUNS_WORK,
+    # Outbound URLs are the admin's to configure: no agent can make the server call an address.
+    "notification_channel_create": ADMIN_ONLY,
+    "notification_channel_list": STAFF,
+    "notification_channel_delete": ADMIN_ONLY,
+    "notification_deliveries": STAFF,
 }
+
+# Tools an agent may call only when its profile's permissions.tools names them (a profile without
+# a tools list allows every other tool, but not these).
+EXPLICIT_FOR_AGENTS = frozenset(
+    {"trigger_create", "trigger_list", "trigger_get", "trigger_update", "trigger_delete", "trigger_fire"}
+)
 
 # A2A operations, named by the tool they stand for.
 A2A_SEND = "task_submit"

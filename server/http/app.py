@@ -31,6 +31,7 @@ from starlette.types import ASGIApp
 from server.a2a.card import REST_PATH
 from server.a2a.routes import a2a_routes
 from server.http.bearer import FleetTokenVerifier, RequireToken
+from server.http.event_stream import event_stream
 from server.http.observe import RequestMetricsMiddleware
 from server.loops import background_loops
 from server.metrics import Metrics
@@ -118,6 +119,7 @@ def create_app(
         Route("/healthz", _healthz, methods=["GET"]),
         protected("/readyz", request_response(readyz), ["GET"]),
         protected("/metrics", request_response(metrics_endpoint), ["GET"]),
+        protected("/events", request_response(event_stream(services)), ["GET"]),
         *a2a.card,
         Route("/.well-known/{name:path}", _no_such_metadata, methods=["GET"]),
         *[protected(r.path, bounded(r.app), ["POST"]) for r in a2a.jsonrpc if isinstance(r, Route)],

@@ -45,4 +45,5 @@ async def background_loops(services: Services, supervise: bool = False) -> Async
             services.agents.peers = None
             services.signals.close()
             services.lock_signals.close()
+            services.events.bus.close()
             group.cancel_scope.cancel()

@@ -10,6 +10,7 @@ import anyio
 import psycopg
 
 from server.services.container import Services
+from server.services.events.log import EVENT_CHANNEL
 from server.store.dialect import LOCK_CHANNEL, TASK_CHANGE_CHANNEL, TASK_CHANNEL, listen
 
 log = logging.getLogger("agentfleet.notify")
@@ -19,12 +20,16 @@ async def listen_for_wakeups(services: Services) -> None:
     delay = 0.5
     while True:
         try:
-            channels = [TASK_CHANNEL, LOCK_CHANNEL, TASK_CHANGE_CHANNEL]
+            channels = [TASK_CHANNEL, LOCK_CHANNEL, TASK_CHANGE_CHANNEL, EVENT_CHANNEL]
             async for channel, payload in listen(services.db.engine, channels):
                 if not channel:  # subscribed: anything changed while we were not is found by re-checks
                     delay = 0.5
                     services.signals.wake_all()
                     services.task_changes.wake_all()
+                    services.events.bus.wake()
+                    continue
+                if channel == EVENT_CHANNEL:
+                    services.events.bus.wake()
                     continue
                 if channel == TASK_CHANGE_CHANNEL:
                     services.task_changes.wake([payload])

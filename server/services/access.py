@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from server.domain.delegation import lock_allowed, matches
-from server.domain.permissions import roles_for
+from server.domain.permissions import EXPLICIT_FOR_AGENTS, roles_for
 from server.domain.principal import Principal, Role
 from server.domain.profile import Profile
 from server.errors import InvalidInput, PermissionDenied
@@ -43,6 +43,9 @@ class AccessPolicy:
         tools = profile.permissions.tools if profile is not None else None
         if tools is not None and not matches(tool, tools):
             raise PermissionDenied(f"profile {profile.ref} does not allow {tool}")
+        if principal.role is Role.AGENT and tool in EXPLICIT_FOR_AGENTS and tools is None:
+            ref = profile.ref if profile is not None else principal.profile
+            raise PermissionDenied(f"{tool} needs a profile that names it in permissions.tools; {ref} does not")
 
     def allows_tool(self, principal: Principal, tool: str) -> bool:
         """Whether a call to `tool` would pass the door: what a tool list shows this principal."""

@@ -24,6 +24,7 @@ from server.services import audit
 from server.services.agent_rows import touch_agent
 from server.services.auth import hash_token, new_agent_token
 from server.services.budget_rows import applicable_to_child, refuse_if_blocked, release_holds_of
+from server.services.events import log as events
 from server.services.leases import LeaseService
 from server.services.locks import LockService
 from server.services.profiles import ProfileRegistry, admits
@@ -299,6 +300,8 @@ class AgentService:
             agent_id,
             {"profile": chosen.ref, "parent_id": parent_id, "runtime": chosen.runtime.value},
         )
+        data = {"profile": chosen.ref, "parent_id": parent_id, "runtime": chosen.runtime.value}
+        events.emit(conn, now, "agent.spawned", agent_id, data, actor=principal, agent_id=agent_id, owner=principal.id)
         return conn.execute(select(agents).where(agents.c.id == agent_id)).one()
 
     def fleet_room(self, conn: Connection) -> int:
@@ -469,6 +472,8 @@ class AgentService:
         for ended_id in [*ended, *stopping]:
             action = "agent.terminate" if ended_id in ended else "agent.stop"
             audit.record(conn, now, principal, action, ended_id, {"cascade_from": agent_id, "graceful": graceful})
+            kind = "agent.terminated" if ended_id in ended else "agent.stopping"
+            events.emit(conn, now, kind, ended_id, {"cascade_from": agent_id}, actor=principal, agent_id=ended_id)
         return [agent_id, *sorted(set(ended) - {agent_id})] if agent_id in ended else sorted(ended), stopping, released
 
     def stop_processes(self, conn: Connection, targets: list[str], now: int, graceful: bool) -> list[str]:
@@ -556,6 +561,7 @@ class AgentService:
         if restarted is None:
             raise Conflict(f"agent {agent_id} is {row.status}; only a live or failed agent can be restarted")
         audit.record(conn, now, principal, "agent.restart", agent_id, {"from": row.status})
+        events.emit(conn, now, "agent.restarted", agent_id, {"from": row.status}, actor=principal, agent_id=agent_id)
         return restarted
 
     # -- supervision ---------------------------------------------------------------------------
@@ -581,6 +587,7 @@ class AgentService:
         released = release_everything(conn, self._leases, self._locks, silent, now, REAPER.id)
         for agent_id in silent:
             audit.record(conn, now, REAPER, "agent.unresponsive", agent_id, {})
+            events.emit(conn, now, "agent.unresponsive", agent_id, {}, actor=REAPER, agent_id=agent_id)
         return silent, released
 
     async def heartbeat(self, principal: Principal) -> AgentView:

@@ -17,6 +17,7 @@ from server.domain.task_spec import TaskSpec
 from server.domain.views import ApprovalView
 from server.services.access import AccessPolicy
 from server.services.budget_rows import applicable, spender_of
+from server.services.events import log as events
 from server.store.tables import approvals
 
 EXPIRY = "expiry"  # decided_by when nobody decided in time
@@ -89,7 +90,10 @@ def open_approval(
         on_expiry=terms.on_expiry.value,
         expired=False,
     )
-    return conn.execute(approvals.insert().values(values).returning(*approvals.c)).one()
+    row = conn.execute(approvals.insert().values(values).returning(*approvals.c)).one()
+    data = {"task_id": task_id, "reasons": reasons, "expires_at": to_iso(row.expires_at)}
+    events.emit(conn, now, "approval.requested", approval_id, data, actor=principal, owner=principal.id)
+    return row
 
 
 def withdraw(conn: Connection, approval_id: str, now: int) -> None:

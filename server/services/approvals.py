@@ -18,13 +18,14 @@ from server.errors import Conflict, NotFound, PermissionDenied
 from server.ids import EVENT, new_id
 from server.services import audit
 from server.services.approval_rows import EXPIRY, approval_view
+from server.services.events import log as events
+from server.services.events.log import note_once
 from server.services.signals import TaskSignals
 from server.services.task_ends import TaskEnds
 from server.services.task_rows import task_view
 from server.services.tasks import announce_ready
 from server.store.database import Database
-from server.store.dialect import insert_ignoring_duplicates
-from server.store.tables import approvals, events, tasks
+from server.store.tables import approvals, tasks
 
 _SWEEP_BATCH = 100
 # An approval with the task fields its view shows.
@@ -133,6 +134,9 @@ class ApprovalService:
             before=before,
             after=after,
         )
+        data = {"task_id": before.task_id, "decision": decision.value, "decided_by": decided_by, "note": note}
+        kind = "approval.expired" if expired else "approval.decided"
+        events.emit(conn, now, kind, before.id, data, actor=principal, owner=before.requested_by)
         return approval_view(after, task), task if decision is Decision.APPROVE else None
 
     def _move_task(
@@ -202,4 +206,4 @@ class ApprovalService:
             detail=detail,
             dedupe_key=f"approval:{approval.id}:escalated",
         )
-        insert_ignoring_duplicates(conn, events, values, "dedupe_key")
+        note_once(conn, values)

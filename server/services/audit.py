@@ -24,6 +24,7 @@ from server.domain.storable import scrubbed
 from server.domain.views import AuditEntry, AuditPage
 from server.errors import PermissionDenied, Refusal, Unavailable
 from server.ids import EVENT, new_id
+from server.services.events import log as events
 from server.store.database import Database, before_commit, tx_local
 from server.store.tables import audit_log
 
@@ -78,10 +79,11 @@ def record(
 
 @contextmanager
 def savepoint(conn: Connection) -> Iterator[None]:
-    """A nested transaction whose staged audit rows go with it when it rolls back: audit rows are
+    """A nested transaction whose staged audit rows and events go with it when it rolls back: audit rows are
     staged in memory until commit, so a plain savepoint would leave rows for undone work."""
     staged = tx_local(conn).get(_PENDING)
     mark = len(staged) if staged is not None else 0
+    event_mark = events.staged_mark(conn)
     try:
         with conn.begin_nested():
             yield
@@ -89,6 +91,7 @@ def savepoint(conn: Connection) -> Iterator[None]:
         staged = tx_local(conn).get(_PENDING)
         if staged is not None:
             del staged[mark:]
+        events.drop_staged_after(conn, event_mark)
         raise
 
 

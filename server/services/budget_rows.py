@@ -31,8 +31,8 @@ from server.domain.budget import (
 from server.domain.money import usd
 from server.errors import BudgetExceeded
 from server.ids import EVENT, HOLD, new_id
-from server.store.dialect import insert_ignoring_duplicates
-from server.store.tables import agents, budget_holds, budgets, events
+from server.services.events.log import note_once
+from server.store.tables import agents, budget_holds, budgets
 
 _PG_CHARGE_LOCK = 0x61666264  # shared by charges, exclusive for budget_set (see `hold_off_charges`)
 _CURRENT = "CASE period WHEN 'daily' THEN :day WHEN 'monthly' THEN :month ELSE 0 END"
@@ -263,9 +263,8 @@ def move(
 
 def _record_overspend(conn: Connection, after: Any, now: int) -> None:
     """One `budget.overspent` event per budget and period, for whoever watches the events."""
-    insert_ignoring_duplicates(
+    note_once(
         conn,
-        events,
         {
             "id": new_id(EVENT),
             "at": now,
@@ -278,8 +277,13 @@ def _record_overspend(conn: Connection, after: Any, now: int) -> None:
             },
             "dedupe_key": f"{after.id}:{after.period_start}:overspent",
         },
-        "dedupe_key",
+        agent_id=_agent_of(after.scope),
     )
+
+
+def _agent_of(scope: str) -> str | None:
+    """The agent a budget scope names (`agent:<id>`), who may read its events."""
+    return scope.partition(":")[2] if scope.startswith("agent:") else None
 
 
 def hold_off_charges(conn: Connection, exclusive: bool) -> None:
@@ -300,9 +304,8 @@ def record_crossings(conn: Connection, after: Any, added: int, now: int, rolled_
     for threshold in after.thresholds:
         percent = int(threshold["percent"])
         if old * 100 < percent * limit <= new * 100:
-            insert_ignoring_duplicates(
+            note_once(
                 conn,
-                events,
                 {
                     "id": new_id(EVENT),
                     "at": now,
@@ -318,7 +321,7 @@ def record_crossings(conn: Connection, after: Any, added: int, now: int, rolled_
                     },
                     "dedupe_key": f"{after.id}:{after.period_start}:{percent}",
                 },
-                "dedupe_key",
+                agent_id=_agent_of(after.scope),
             )
 
 

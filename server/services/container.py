@@ -17,6 +17,8 @@ from server.services.audit import AuditService
 from server.services.auth import Authenticator
 from server.services.autoscaling import AutoscaleService
 from server.services.budgets import BudgetService
+from server.services.events.log import EventBus
+from server.services.events.service import EventService
 from server.services.fleet import FleetService
 from server.services.gate import Gate
 from server.services.leases import LeaseService
@@ -64,12 +66,14 @@ class Services:
     autoscaling: AutoscaleService
     workflows: WorkflowService
     workflow_templates: WorkflowTemplateService
+    events: EventService
 
     def release_waiters(self) -> None:
         """Every parked claim, lock wait and stream returns now: the server is stopping."""
         self.signals.close()
         self.lock_signals.close()
         self.task_changes.close()
+        self.events.bus.close()
 
     def close(self) -> None:
         self.release_waiters()
@@ -110,6 +114,8 @@ def build_services(
     task_changes = KeyedSignals()
     if db.is_sqlite:
         db.after_each_write = _wake_followers(task_changes)
+    event_bus = EventBus()
+    db.on_events = event_bus.wake
     access = AccessPolicy(profiles)
     audit = AuditService(db, clock)
     locks = LockService(db, clock, lock_signals, signals, settings.claim_recheck_s, access)
@@ -157,4 +163,5 @@ def build_services(
         autoscaling=AutoscaleService(db, clock, agents, profiles.autoscaled()),
         workflows=WorkflowService(db, clock, tasks, access, task_ends),
         workflow_templates=workflow_templates,
+        events=EventService(db, clock, event_bus),
     )

@@ -27,6 +27,7 @@ from server.errors import Conflict, InvalidInput, LeaseExpired, NotFound, Permis
 from server.services import audit
 from server.services.agent_rows import touch_agent
 from server.services.budget_rows import hold_for_dispatch, settle_task_hold
+from server.services.events import log as events
 from server.services.locks import LockService
 from server.services.signals import TaskSignals, Waiter
 from server.services.task_ends import TaskEnds
@@ -58,7 +59,7 @@ _RENEW = (
         progress=func.coalesce(bindparam("b_progress", type_=SmallInteger), tasks.c.progress),
         progress_message=func.coalesce(bindparam("b_message", type_=Text), tasks.c.progress_message),
     )
-    .returning(tasks.c.lease_expires_at, tasks.c.cancel_requested, tasks.c.progress)
+    .returning(tasks.c.lease_expires_at, tasks.c.cancel_requested, tasks.c.progress, tasks.c.type, tasks.c.submitted_by)
 )
 _COMPLETE = (
     update(tasks)
@@ -251,6 +252,8 @@ class LeaseService:
             _START_ATTEMPT, {"task_id": row.id, "number": row.attempts, "agent_id": agent_id, "started_at": now}
         )
         audit.record(conn, now, principal, "task.claim", row.id, {"attempt": row.attempts})
+        data = {"type": row.type, "attempt": row.attempts}
+        events.emit(conn, now, "task.claimed", row.id, data, actor=principal, agent_id=agent_id, owner=row.submitted_by)
         return _ClaimOutcome(task_view(row, locks=held), capabilities, agent.heartbeat_timeout_s, runs_payloads=runs)
 
     def _take_with_resources(
@@ -287,6 +290,11 @@ class LeaseService:
         ).first()
         if row is None:
             self._explain_not_held(conn, task_id, agent_id, now)
+        if progress is not None or message is not None:
+            data = {"type": row.type, "progress": row.progress, "message": message}
+            events.emit(
+                conn, now, "task.progress", task_id, data, actor=agent_id, agent_id=agent_id, owner=row.submitted_by
+            )
         return TaskLease(
             task_id=task_id,
             lease_expires_at=to_iso(row.lease_expires_at) or "",
@@ -446,6 +454,11 @@ class LeaseService:
             settle_task_hold(conn, row.id, now)
         if requeued is not None:
             announce_ready(conn, self._signals, requeued.capabilities, requeued.pinned, requeued.ready_at)
+            data = {"type": row.type, "attempt": row.attempts, "error": error, "outcome": outcome}
+            actor = REAPER.id if lapsed else row.agent_id
+            events.emit(
+                conn, now, "task.retrying", row.id, data, actor=actor, agent_id=row.agent_id, owner=row.submitted_by
+            )
         else:
             self._task_ends.ended(conn, updated)
         return task_view(updated), requeued

@@ -37,6 +37,7 @@ from server.errors import Conflict, Deadlock, InvalidInput, LeaseExpired, LockTi
 from server.ids import LOCK, new_id
 from server.services import audit
 from server.services.access import AccessPolicy
+from server.services.events import log as events
 from server.services.lock_state import (
     LiveItem,
     Obstacle,
@@ -282,6 +283,8 @@ class LockService:
         if not found:
             view = self._insert(conn, now, principal, request, lock_id, party, held=True)
             audit.record(conn, now, principal, "lock.acquire", lock_id, {"fences": self._fences(view)})
+            data = {"holder": principal.id, "fences": self._fences(view)}
+            events.emit(conn, now, "lock.granted", lock_id, data, actor=principal, agent_id=principal.agent_id)
             return _Placed(lock_id, view, [])
         conflicts = _conflict_views(found)
         if request.wait_s <= 0:
@@ -567,6 +570,7 @@ class LockService:
             # Lapsed before this release: record the expiry (committed), then tell the holder.
             if self._end(conn, [lock_id], LockStatus.EXPIRED, LockStatus.HELD, now, REAPER.id, lapsed=True):
                 audit.record(conn, now, REAPER, "lock.expire", lock_id, {})
+                events.emit(conn, now, "lock.expired", lock_id, {}, actor=REAPER)
                 self._hand_off(conn, now)
             return _read_lock(conn, lock_id), LeaseExpired(
                 f"your lease on {lock_id} ran out before this release; others may have held it since"
@@ -578,6 +582,8 @@ class LockService:
         self._end(conn, [lock_id], new_status, LockStatus(row.status), now, principal.id)
         action = "lock.force_release" if forced else "lock.release"
         audit.record(conn, now, principal, action, lock_id, {"holder": row.holder, "was": row.status})
+        data = {"holder": row.holder, "forced": forced}
+        events.emit(conn, now, "lock.released", lock_id, data, actor=principal, agent_id=row.holder)
         self._hand_off(conn, now)
         # The row as this transaction left it, without reading it again.
         ended = SimpleNamespace(
@@ -701,6 +707,7 @@ class LockService:
         self._end(conn, waiting, LockStatus.CANCELLED, LockStatus.WAITING, now, by)
         for row in rows:
             audit.record(conn, now, REAPER, "lock.release", row.id, {"why": why, "by": by})
+            events.emit(conn, now, "lock.released", row.id, {"why": why, "by": by}, actor=REAPER)
         self._hand_off(conn, now)
 
     # -- internals -----------------------------------------------------------------------------
@@ -754,6 +761,7 @@ class LockService:
             expired = self._end(conn, lapsed_held, LockStatus.EXPIRED, LockStatus.HELD, now, REAPER.id, lapsed=True)
             for lock_id in expired:
                 audit.record(conn, now, REAPER, "lock.expire", lock_id, {})
+                events.emit(conn, now, "lock.expired", lock_id, {}, actor=REAPER)
             gone.update(expired)
         if lapsed_waits:
             timed_out = self._end(
@@ -831,6 +839,8 @@ class LockService:
                 .values(fence=fence)
             )
         audit.record(conn, now, REAPER, "lock.grant", first.lock_id, {"holder": first.holder, "fences": fences})
+        data = {"holder": first.holder, "fences": fences}
+        events.emit(conn, now, "lock.granted", first.lock_id, data, actor=REAPER, agent_id=first.holder)
 
     def _wake_resource_tasks(self, conn: Connection) -> None:
         """Queued tasks that need resources may be claimable now: tell their claimers."""

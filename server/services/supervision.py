@@ -17,6 +17,7 @@ from server.domain.statuses import LIVE_AGENT_STATUSES, AgentStatus, agent_sourc
 from server.services import audit
 from server.services.agents import release_everything
 from server.services.auth import hash_token
+from server.services.events import log as events
 from server.services.leases import LeaseService
 from server.services.locks import LockService
 from server.services.profiles import ProfileRegistry
@@ -151,6 +152,8 @@ class SupervisionService:
         ).rowcount
         if claimed:
             audit.record(conn, now, SUPERVISOR, "agent.launch", agent_id, {"replica": self.replica_id})
+            data = {"replica": self.replica_id}
+            events.emit(conn, now, "agent.launched", agent_id, data, actor=SUPERVISOR, agent_id=agent_id)
         return bool(claimed)
 
     async def record_started(self, agent_id: str, pid: int, identity: str) -> None:
@@ -195,6 +198,9 @@ class SupervisionService:
         released = release_everything(conn, self._leases, self._locks, [agent_id], now, SUPERVISOR.id)
         action = "agent.failed" if failed else "agent.exit"
         audit.record(conn, now, SUPERVISOR, action, agent_id, {"exit": how, "restarts": row.restarts})
+        data = {"exit": how, "restarts": row.restarts}
+        kind = "agent.failed" if failed else "agent.exited"
+        events.emit(conn, now, kind, agent_id, data, actor=SUPERVISOR, agent_id=agent_id)
         return ExitOutcome(failed, values.get("next_start_at")), released
 
     async def finish_stop(self, agent_id: str) -> bool:

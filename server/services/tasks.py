@@ -33,6 +33,7 @@ from server.services.approval_rows import (
     terms_for,
     withdraw,
 )
+from server.services.events import log as events
 from server.services.profiles import ProfileRegistry
 from server.services.signals import TaskSignals
 from server.services.task_ends import TaskEnds
@@ -203,6 +204,24 @@ class TaskService:
             announce_ready(conn, self._signals, list(spec.capabilities), spec.pinned_agent_id, ready_at)
         detail = {"type": spec.type, **({"approval_id": approval.id} if approval else {})}
         audit.record(conn, now, principal, "task.submit", task_id, detail, after=row)
+        data = {
+            "type": spec.type,
+            "priority": spec.priority.value,
+            "status": row.status,
+            "capabilities": list(spec.capabilities),
+        }
+        if place is not None:
+            data.update(workflow_run_id=place.run_id, step=place.step)
+        events.emit(
+            conn,
+            now,
+            "task.submitted",
+            task_id,
+            data,
+            actor=principal,
+            agent_id=spec.pinned_agent_id,
+            owner=principal.id,
+        )
         return task_view(row, approval=approval)
 
     def _routable(self, conn: Connection, spec: TaskSpec) -> bool:

@@ -33,6 +33,7 @@ from server.errors import Conflict, FleetError, InvalidInput, NotFound, Permissi
 from server.ids import TASK, WORKFLOW_RUN, new_id
 from server.services import audit
 from server.services.access import AccessPolicy
+from server.services.events import log as events
 from server.services.task_ends import TaskEnds
 from server.services.tasks import TaskService, WorkflowPlace
 from server.services.workflow_rows import MAX_LISTED_TASKS, run_summary, run_view, step_view
@@ -133,6 +134,8 @@ class WorkflowService:
             ],
         )
         audit.record(conn, now, principal, "workflow.run", run_id, {"name": parsed.name, "template": ref})
+        data = {"name": parsed.name, "template": ref}
+        events.emit(conn, now, "workflow.started", run_id, data, actor=principal, owner=principal.id)
         run = conn.execute(select(workflow_runs).where(workflow_runs.c.id == run_id)).one()
         self._advance(conn, run, now, strict=True)
         return run_id
@@ -225,6 +228,11 @@ class WorkflowService:
         self._tasks.cancel_in(conn, self._open_tasks(conn, run.id, step_id), f"workflow step {step_id} ended", now)
         if status is StepStatus.FAILED:
             audit.record(conn, now, _submitter(run), "workflow.step_failed", run.id, {"step": step_id, "error": error})
+        if ended:
+            data = {"step": step_id, "status": status.value, "error": error, "name": run.name}
+            events.emit(
+                conn, now, f"workflow.step_{status.value}", run.id, data, actor="system", owner=run.submitted_by
+            )
         return bool(ended)
 
     def _advance(self, conn: Connection, run: Row[Any], now: int, strict: bool = False) -> None:
@@ -329,6 +337,8 @@ class WorkflowService:
         )
         self._tasks.cancel_in(conn, self._open_tasks(conn, run.id), f"workflow {run.id} {status.value}", now)
         audit.record(conn, now, _submitter(run), f"workflow.{status.value}", run.id, {"error": error})
+        data = {"name": run.name, "error": error}
+        events.emit(conn, now, f"workflow.{status.value}", run.id, data, actor="system", owner=run.submitted_by)
 
     async def cancel(self, principal: Principal, run_id: str, reason: str | None) -> None:
         await self._db.write(self._cancel_tx, principal, run_id, reason)

@@ -29,6 +29,7 @@ _READONLY = "agentfleet_readonly"
 _AFTER_COMMIT = "agentfleet_after_commit"
 _BEFORE_COMMIT = "agentfleet_before_commit"
 _TX_LOCAL = "agentfleet_tx_local"
+_ON_EVENTS = "agentfleet_on_events"
 READ_THREADS = 8
 DEADLOCK_ATTEMPTS = 5
 WRITE_THREADS_PG = 12
@@ -108,6 +109,13 @@ def before_commit(conn: Connection, callback: Callable[[Connection], None]) -> N
     conn.info[_BEFORE_COMMIT].append(callback)
 
 
+def announce_events(conn: Connection) -> None:
+    """This transaction appended to the event log: once it commits, wake those following the log."""
+    listener = conn.info[_TX_LOCAL].get(_ON_EVENTS)
+    if listener is not None:
+        after_commit(conn, listener)
+
+
 def tx_local(conn: Connection) -> dict[str, Any]:
     """State that lives exactly as long as this write transaction. (`conn.info` itself follows the
     pooled DBAPI connection into later transactions, so nothing per-transaction may stay there.)"""
@@ -130,6 +138,8 @@ class Database:
         # Called on the event loop after every committed write: how SQLite, which cannot say what
         # changed, still wakes those following the store (A2A streams) without a timer.
         self.after_each_write: Callable[[], None] | None = None
+        # Called on the event loop after a committed write that appended events (the event bus).
+        self.on_events: Callable[[], None] | None = None
 
     @property
     def is_sqlite(self) -> bool:
@@ -155,7 +165,7 @@ class Database:
         with self.engine.begin() as conn:
             conn.info[_AFTER_COMMIT] = []
             conn.info[_BEFORE_COMMIT] = []
-            conn.info[_TX_LOCAL] = {}
+            conn.info[_TX_LOCAL] = {_ON_EVENTS: self.on_events}
             result = fn(conn, *args)
             for last in conn.info.pop(_BEFORE_COMMIT):
                 last(conn)

@@ -29,11 +29,13 @@ def json_subset(dialect: str, small: str, big: str) -> str:
 
 def insert_ignoring_duplicates(
     conn: Connection, table: Table, values: dict[str, Any], unique_columns: str | list[str]
-) -> None:
-    """INSERT unless a row with the same unique value exists (ON CONFLICT DO NOTHING on both)."""
+) -> bool:
+    """INSERT unless a row with the same unique value exists (ON CONFLICT DO NOTHING on both);
+    whether it inserted."""
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
     columns = [unique_columns] if isinstance(unique_columns, str) else unique_columns
-    conn.execute(dialect.insert(table).values(values).on_conflict_do_nothing(index_elements=columns))
+    result = conn.execute(dialect.insert(table).values(values).on_conflict_do_nothing(index_elements=columns))
+    return bool(result.rowcount == 1)
 
 
 def lock_row(conn: Connection, table: Table, where: ColumnElement[bool]) -> Row[Any] | None:

@@ -526,3 +526,115 @@ workflow_steps = Table(
     Column("finished_at", BigInteger, nullable=True),
     CheckConstraint(_one_of("status", [s.value for s in StepStatus]), name="status"),
 )
+
+# The event log: one row per state change someone may act on, appended in the change's own
+# transaction. Readers follow it by cursor (tx, seq): on PostgreSQL `tx` is the writer's
+# transaction id and a reader sees only rows below the oldest transaction still running, so a row
+# committed late can never appear behind a cursor already handed out (server/services/events/log.py).
+# SQLite has one writer at a time: `tx` is 0 and `seq` is commit order.
+event_log = Table(
+    "orch_event_log",
+    metadata,
+    Column("seq", BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True),
+    Column("tx", BigInteger, nullable=False),
+    Column("id", String(ID), nullable=False, unique=True),
+    Column("at", BigInteger, nullable=False, index=True),
+    Column("type", String(60), nullable=False),
+    Column("subject", String(ID), nullable=False, index=True),
+    Column("actor", String(60), nullable=False),
+    # Who may read it besides staff: the agent it concerns and the principal that owns the subject.
+    Column("agent_id", String(ID), nullable=True),
+    Column("owner", String(60), nullable=True),
+    # How many trigger firings led here: a trigger does not fire on events deeper than its limit.
+    Column("depth", SmallInteger, nullable=False, server_default=text("0")),
+    Column("data", JSON, nullable=False),
+    Index("ix_orch_event_log_tx_seq", "tx", "seq"),
+)
+
+TRIGGER_KINDS = ["schedule", "event", "absence", "webhook"]
+
+# Triggers: the fleet acting on a schedule, on an outside webhook, on its own events or on their
+# absence. `next_due_at` is the next schedule time or the end of the current absence window;
+# `cursor` is how far an event or absence trigger has read the event log.
+triggers = Table(
+    "orch_triggers",
+    metadata,
+    Column("id", String(ID), primary_key=True),
+    Column("name", String(100), nullable=False, unique=True),
+    Column("kind", String(20), nullable=False),
+    Column("enabled", Boolean, nullable=False),
+    Column("config", JSON, nullable=False),
+    Column("action", JSON, nullable=False),
+    Column("secret", String(200), nullable=True),
+    Column("owner", String(60), nullable=False),
+    Column("owner_role", String(20), nullable=False),
+    Column("owner_profile", String(100), nullable=True),
+    Column("next_due_at", BigInteger, nullable=True),
+    Column("cursor", String(40), nullable=True),
+    Column("fired", Integer, nullable=False, server_default=text("0")),
+    Column("last_fired_at", BigInteger, nullable=True),
+    Column("created_at", BigInteger, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+    CheckConstraint(_one_of("kind", TRIGGER_KINDS), name="kind"),
+    Index("ix_orch_triggers_kind_next_due_at", "kind", "next_due_at"),
+)
+
+# Every firing of a trigger. `occasion` names what it fired for (a due time, an event, a webhook
+# delivery, a manual run): unique per trigger, so a due time or a delivery fires once however many
+# replicas see it.
+trigger_runs = Table(
+    "orch_trigger_runs",
+    metadata,
+    Column("id", String(ID), primary_key=True),
+    Column("trigger_id", String(ID), ForeignKey("orch_triggers.id", ondelete="CASCADE"), nullable=False),
+    Column("occasion", String(120), nullable=False),
+    Column("reason", String(20), nullable=False),
+    Column("at", BigInteger, nullable=False),
+    Column("status", String(20), nullable=False),
+    Column("created_kind", String(20), nullable=True),
+    Column("created_id", String(ID), nullable=True),
+    Column("error", Text, nullable=True),
+    UniqueConstraint("trigger_id", "occasion", name="uq_orch_trigger_runs_trigger_id_occasion"),
+    Index("ix_orch_trigger_runs_trigger_id_at", "trigger_id", "at"),
+)
+
+# Where events are sent: a person's webhook or a Slack incoming webhook, chosen by event type and
+# filter. `cursor` is how far the channel has queued deliveries from the event log.
+notification_channels = Table(
+    "orch_notification_channels",
+    metadata,
+    Column("id", String(ID), primary_key=True),
+    Column("name", String(100), nullable=False, unique=True),
+    Column("kind", String(20), nullable=False),
+    Column("url", String(2000), nullable=False),
+    Column("secret", String(200), nullable=True),
+    Column("event_types", JSON, nullable=False),
+    Column("filter", Text, nullable=True),
+    Column("max_attempts", SmallInteger, nullable=False),
+    Column("cursor", String(40), nullable=False),
+    Column("created_by", String(60), nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    CheckConstraint("kind IN ('webhook', 'slack', 'a2a')", name="kind"),
+)
+
+# One row per event per channel, delivered at least once, in event order per channel: a channel's
+# next delivery is tried only when the one before it is delivered or dead.
+notification_deliveries = Table(
+    "orch_notification_deliveries",
+    metadata,
+    Column("id", String(ID), primary_key=True),
+    Column("channel_id", String(ID), nullable=False),
+    Column("event_seq", BigInteger, nullable=False),
+    Column("event_id", String(ID), nullable=False),
+    Column("body", JSON, nullable=False),
+    Column("status", String(20), nullable=False),
+    Column("attempts", SmallInteger, nullable=False),
+    Column("next_attempt_at", BigInteger, nullable=False),
+    Column("claimed_until", BigInteger, nullable=True),
+    Column("last_error", Text, nullable=True),
+    Column("created_at", BigInteger, nullable=False),
+    Column("delivered_at", BigInteger, nullable=True),
+    CheckConstraint("status IN ('pending', 'delivered', 'dead')", name="status"),
+    UniqueConstraint("channel_id", "event_id", name="uq_orch_notification_deliveries_channel_id_event_id"),
+    Index("ix_orch_notification_deliveries_channel_id_status", "channel_id", "status", "created_at"),
+)

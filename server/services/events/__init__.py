@@ -1,0 +1,1 @@
+"""Events, triggers and notifications: the fleet's log of what happened, and what acts on it."""
