@@ -33,6 +33,7 @@ from server.a2a.routes import a2a_routes
 from server.http.bearer import FleetTokenVerifier, RequireToken
 from server.http.event_stream import event_stream
 from server.http.observe import RequestMetricsMiddleware
+from server.http.webhooks import webhook_endpoint
 from server.loops import background_loops
 from server.metrics import Metrics
 from server.services.container import Services
@@ -120,6 +121,7 @@ def create_app(
         protected("/readyz", request_response(readyz), ["GET"]),
         protected("/metrics", request_response(metrics_endpoint), ["GET"]),
         protected("/events", request_response(event_stream(services)), ["GET"]),
+        Route("/hooks/{name}", webhook_endpoint(services), methods=["POST"]),
         *a2a.card,
         Route("/.well-known/{name:path}", _no_such_metadata, methods=["GET"]),
         *[protected(r.path, bounded(r.app), ["POST"]) for r in a2a.jsonrpc if isinstance(r, Route)],

@@ -11,6 +11,7 @@ import anyio
 
 from server.loops.notify import listen_for_wakeups
 from server.loops.reaper import run_reaper
+from server.loops.triggers import run_triggers
 from server.runtime.a2a_peer import PeerCardFetcher, PeerRuntime
 from server.runtime.supervisor import Supervisor
 from server.services.container import Services
@@ -22,6 +23,7 @@ async def background_loops(services: Services, supervise: bool = False) -> Async
     back on AGENTFLEET_URL. Processes outlive the server and are re-adopted when it comes back."""
     async with anyio.create_task_group() as group:
         group.start_soon(run_reaper, services)
+        group.start_soon(run_triggers, services)
         if services.db.dialect == "postgresql":
             group.start_soon(listen_for_wakeups, services)
         if supervise:

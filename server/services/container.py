@@ -19,6 +19,8 @@ from server.services.autoscaling import AutoscaleService
 from server.services.budgets import BudgetService
 from server.services.events.log import EventBus
 from server.services.events.service import EventService
+from server.services.events.trigger_loop import TriggerRunner
+from server.services.events.triggers import TriggerService
 from server.services.fleet import FleetService
 from server.services.gate import Gate
 from server.services.leases import LeaseService
@@ -67,6 +69,8 @@ class Services:
     workflows: WorkflowService
     workflow_templates: WorkflowTemplateService
     events: EventService
+    triggers: TriggerService
+    trigger_runner: TriggerRunner
 
     def release_waiters(self) -> None:
         """Every parked claim, lock wait and stream returns now: the server is stopping."""
@@ -134,6 +138,8 @@ def build_services(
         approval_terms,
         task_ends,
     )
+    workflows = WorkflowService(db, clock, tasks, access, task_ends)
+    triggers = TriggerService(db, clock, tasks, workflows, access)
     workflow_templates = WorkflowTemplateService(db, clock)
     if run_migrations:
         workflow_templates.seed_shipped(shipped_templates_dir())
@@ -161,7 +167,9 @@ def build_services(
         supervision=SupervisionService(db, clock, profiles, leases, locks, settings.resolved_replica_id),
         peers=PeerService(db, clock, profiles, leases, locks, settings.resolved_replica_id),
         autoscaling=AutoscaleService(db, clock, agents, profiles.autoscaled()),
-        workflows=WorkflowService(db, clock, tasks, access, task_ends),
+        workflows=workflows,
         workflow_templates=workflow_templates,
         events=EventService(db, clock, event_bus),
+        triggers=triggers,
+        trigger_runner=TriggerRunner(db, clock, triggers),
     )

@@ -117,9 +117,9 @@ class TaskService:
         return spec.model_copy(update={"capabilities": capabilities})
 
     def submit_in(
-        self, conn: Connection, principal: Principal, spec: TaskSpec, task_id: str, place: WorkflowPlace
+        self, conn: Connection, principal: Principal, spec: TaskSpec, task_id: str, place: WorkflowPlace | None = None
     ) -> TaskView:
-        """Submit inside the caller's transaction (a workflow starting a step); claimers here are
+        """Submit inside the caller's transaction (a workflow starting a step, a trigger); claimers here are
         woken once it commits."""
         view = self._submit_tx(conn, principal, self._checked(principal, spec), task_id, place)
         if view.status == TaskStatus.QUEUED:

@@ -89,6 +89,23 @@ class WorkflowService:
             bound = dict(inputs or {})
         return await self._db.write(self._run_tx, principal, parsed, template, bound)
 
+    def run_in(
+        self,
+        conn: Connection,
+        principal: Principal,
+        definition: str | Mapping[str, Any] | None,
+        template: str | None,
+        inputs: Mapping[str, Any] | None,
+    ) -> str:
+        """Start a run inside the caller's transaction (a trigger firing). Returns the run id."""
+        if (definition is None) == (template is None):
+            raise InvalidInput("give a workflow definition or a template reference (name@range), not both")
+        parsed = parse_definition(definition) if definition is not None else None
+        if parsed is not None:
+            self._check_task_types(principal, parsed)
+            return self._run_tx(conn, principal, parsed, None, bind_inputs(parsed, inputs))
+        return self._run_tx(conn, principal, None, template, dict(inputs or {}))
+
     def _check_task_types(self, principal: Principal, definition: WorkflowDefinition) -> None:
         for step in definition.steps:
             self._access.check_task_type(principal, step.task.type)

@@ -34,8 +34,10 @@ def insert_ignoring_duplicates(
     whether it inserted."""
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
     columns = [unique_columns] if isinstance(unique_columns, str) else unique_columns
-    result = conn.execute(dialect.insert(table).values(values).on_conflict_do_nothing(index_elements=columns))
-    return bool(result.rowcount == 1)
+    # RETURNING, not rowcount: psycopg reports -1 for an INSERT … ON CONFLICT through SQLAlchemy.
+    key = next(iter(table.primary_key.columns))
+    statement = dialect.insert(table).values(values).on_conflict_do_nothing(index_elements=columns).returning(key)
+    return conn.execute(statement).first() is not None
 
 
 def lock_row(conn: Connection, table: Table, where: ColumnElement[bool]) -> Row[Any] | None:

@@ -6,12 +6,13 @@ from __future__ import annotations
 import anyio
 import pytest
 
+from tests.events.support import settled
 from tests.helpers import call, call_error
 
 pytestmark = pytest.mark.anyio
 
 
-async def test_a_task_cycle_appends_its_events_in_order(connect):
+async def test_a_task_cycle_appends_its_events_in_order(connect, services):
     async with connect() as admin:
         start = (await call(admin, "event_list", types=["task.*"]))["next_cursor"]
         agent = await call(admin, "agent_spawn", profile="worker", name="w")
@@ -21,6 +22,7 @@ async def test_a_task_cycle_appends_its_events_in_order(connect):
             assert claimed["task"]["id"] == task["id"]
             await call(worker, "task_heartbeat", task_id=task["id"], progress=50, message="half")
             await call(worker, "task_complete", task_id=task["id"], result={"ok": True})
+        await settled(services)
         page = await call(admin, "event_list", types=["task.*"], after_cursor=start)
     kinds = [e["type"] for e in page["events"]]
     assert kinds == ["task.submitted", "task.claimed", "task.progress", "task.completed"]
@@ -47,9 +49,7 @@ async def test_wait_returns_as_soon_as_a_matching_event_commits(connect):
         result: dict = {}
 
         async def follow() -> None:
-            result.update(
-                await call(admin, "event_list", types=["task.cancelled"], after_cursor=head, wait_s=30)
-            )
+            result.update(await call(admin, "event_list", types=["task.cancelled"], after_cursor=head, wait_s=30))
 
         async with anyio.create_task_group() as group:
             group.start_soon(follow)
@@ -60,13 +60,14 @@ async def test_wait_returns_as_soon_as_a_matching_event_commits(connect):
     assert [e["subject"] for e in result["events"]] == [task["id"]]
 
 
-async def test_an_agent_sees_its_own_events_and_not_others(connect):
+async def test_an_agent_sees_its_own_events_and_not_others(connect, services):
     async with connect() as admin:
         start = (await call(admin, "event_list"))["next_cursor"]
         mine = await call(admin, "agent_spawn", profile="worker", name="mine")
         other = await call(admin, "agent_spawn", profile="worker", name="other")
         async with connect(mine["token"]) as agent:
             own = await call(agent, "task_submit", type="note")
+            await settled(services)
             seen = await call(agent, "event_list", after_cursor=start)
     subjects = {e["subject"] for e in seen["events"]}
     assert own["id"] in subjects and mine["agent"]["id"] in subjects
