@@ -16,15 +16,15 @@ reports every round and the median):
   triggers-free schema, PRAGMAs as the store sets them: WAL, synchronous=NORMAL, foreign_keys=ON),
   BEGIN IMMEDIATE per operation, doing the same rows per cycle:
     submit   INSERT task (RETURNING *), INSERT audit (each audit row: the chain's head read and hashed,
-             under the chain's advisory lock on PostgreSQL, as the service does)
+             under the chain's advisory lock on PostgreSQL, as the service does), INSERT event
     claim    UPDATE agent (touch, RETURNING caps/max), COUNT held, SELECT head of queue (the
              service's own SQL, json_each subset test), conditional UPDATE task (RETURNING *),
-             INSERT attempt, INSERT audit
-    complete conditional UPDATE task (RETURNING *), UPDATE attempt, INSERT audit
+             INSERT attempt, INSERT audit, INSERT event
+    complete conditional UPDATE task (RETURNING *), UPDATE attempt, INSERT audit, INSERT event
 - pg_service: the service layer on PostgreSQL, N workers (default 4) as asyncio tasks in one
   process, each with its own agent, each looping submit -> claim -> complete. Goal >= 1,000 cycles/s.
 - pg_raw: psycopg 3, N threads each with its own connection, the same rows per cycle as
-  sqlite_raw plus the pg_notify the service sends on submit, claims with FOR UPDATE SKIP LOCKED.
+  sqlite_raw plus the pg_notify the service sends on submit and with each event, claims with FOR UPDATE SKIP LOCKED.
 
 PostgreSQL: --pg-url names the server (its database part is only used to connect); each part runs
 in a scratch database created, migrated and dropped here. Unreachable -> PG parts are skipped and
@@ -248,6 +248,12 @@ class RawStore:
             f"error = NULL WHERE task_id = {ph('task_id')} AND number = {ph('number')}"
         )
         self.notify = "SELECT pg_notify('agentfleet_tasks', %(payload)s)"
+        tx = "0" if dialect == "sqlite" else "CAST(CAST(pg_current_xact_id() AS TEXT) AS BIGINT)"
+        self.insert_event = (
+            "INSERT INTO orch_event_log (tx, id, at, type, subject, actor, agent_id, owner, depth, data) "
+            f"VALUES ({tx}, {ph('id')}, {ph('at')}, {ph('type')}, {ph('subject')}, {ph('actor')}, "
+            f"{ph('agent_id')}, {ph('owner')}, 0, {ph('data')})"
+        )
         self.insert_agent = (
             "INSERT INTO orch_agents (id, name, profile, profile_version, runtime, capabilities, parent_id, depth, "
             "status, token_hash, created_by, created_at, labels, max_concurrency) VALUES ("
@@ -374,6 +380,16 @@ class RawStore:
         }
         cur.execute(self.insert_audit, {**row, "detail": self.json(detail), "hash": row_hash(row)})
 
+    def event(self, cur: Any, now: int, kind: str, subject: str, actor: str, agent_id: str | None, data: Any) -> None:
+        """The event row the service appends (and, on PostgreSQL, the NOTIFY that announces it)."""
+        from server.ids import EVENT, new_id
+
+        params = {"id": new_id(EVENT), "at": now, "type": kind, "subject": subject, "actor": actor}
+        params.update(agent_id=agent_id, owner="admin", data=json.dumps(data, separators=(",", ":")))
+        cur.execute(self.insert_event, params)
+        if self.dialect == "postgresql":
+            cur.execute("SELECT pg_notify('agentfleet_events', '{}')")
+
     # One operation = the statements of one transaction; `cur` is a cursor inside it.
     def submit_tx(self, cur: Any, n: int, now: int) -> Any:
         params = self.task_params(n, now)
@@ -384,6 +400,8 @@ class RawStore:
                 self.notify, {"payload": json.dumps({"o": "raw", "c": [], "p": None, "r": now}, separators=(",", ":"))}
             )
         self.audit(cur, now, "admin", "admin", "task.submit", params["id"], {"type": "bench"})
+        data = {"type": "bench", "priority": "normal", "status": "queued", "capabilities": []}
+        self.event(cur, now, "task.submitted", params["id"], "admin", None, data)
         return row
 
     def claim_tx(self, cur: Any, me: str, now: int) -> Any:
@@ -406,6 +424,7 @@ class RawStore:
         task_id, attempts = row[0], row[15]  # id, attempts (column order of orch_tasks)
         cur.execute(self.insert_attempt, {"task_id": task_id, "number": attempts, "me": me, "now": now})
         self.audit(cur, now, me, "agent", "task.claim", task_id, {"attempt": attempts})
+        self.event(cur, now, "task.claimed", task_id, me, me, {"type": "bench", "attempt": attempts})
         return row
 
     def complete_tx(self, cur: Any, me: str, task_id: str, now: int) -> Any:
@@ -415,6 +434,8 @@ class RawStore:
             raise RuntimeError(f"complete matched nothing for {task_id}")
         cur.execute(self.end_attempt, {"now": now, "task_id": task_id, "number": row[15]})
         self.audit(cur, now, me, "agent", "task.complete", task_id, {})
+        data = {"type": "bench", "status": "completed", "attempts": row[15], "error": None}
+        self.event(cur, now, "task.completed", task_id, me, me, data)
         return row
 
 

@@ -16,6 +16,7 @@ on the cluster holds the stream back until it ends (ours are milliseconds long).
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -39,7 +40,6 @@ _DEPTH = "agentfleet_event_depth"
 _CURSOR = re.compile(r"^[0-9a-f]{32}$")
 _TYPE = re.compile(r"^[a-z_]+(\.[a-z_]+)*(\.\*)?$|^\*$")
 START = "0" * 32
-_PG_TX = literal_column("CAST(CAST(pg_current_xact_id() AS TEXT) AS BIGINT)")
 _PG_HORIZON = literal_column("CAST(CAST(pg_snapshot_xmin(pg_current_snapshot()) AS TEXT) AS BIGINT)")
 
 
@@ -137,15 +137,45 @@ def drop_staged_after(conn: Connection, mark: int) -> None:
         del staged[mark:]
 
 
+_COLUMNS = "id, at, type, subject, actor, agent_id, owner, depth, data"
+# On the driver's own cursor: an event is appended by most write transactions, and SQLAlchemy's
+# statement pipeline costs several times what the INSERT itself does (bench/task_cycle.py).
+_INSERT_SQLITE = f"INSERT INTO orch_event_log (tx, {_COLUMNS}) VALUES (0, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_INSERT_PG = (
+    f"INSERT INTO orch_event_log (tx, {_COLUMNS}) "
+    "VALUES (CAST(CAST(pg_current_xact_id() AS TEXT) AS BIGINT), %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+)
+
+
+def _values(row: dict[str, Any]) -> tuple[Any, ...]:
+    data = json.dumps(row["data"], separators=(",", ":"), ensure_ascii=False)
+    return (
+        row["id"],
+        row["at"],
+        row["type"],
+        row["subject"],
+        row["actor"],
+        row["agent_id"],
+        row["owner"],
+        row["depth"],
+        data,
+    )
+
+
 def _write(conn: Connection) -> None:
     rows: list[dict[str, Any]] = tx_local(conn).pop(_PENDING)
     if not rows:
         return
+    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        if conn.dialect.name == "postgresql":
+            cursor.executemany(_INSERT_PG, [_values(row) for row in rows])
+        else:
+            cursor.executemany(_INSERT_SQLITE, [_values(row) for row in rows])
+    finally:
+        cursor.close()
     if conn.dialect.name == "postgresql":
-        conn.execute(event_log.insert().values(tx=_PG_TX), rows)
         notify(conn, EVENT_CHANNEL, {})
-    else:
-        conn.execute(event_log.insert().values(tx=0), rows)
     announce_events(conn)
 
 
