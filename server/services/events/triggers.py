@@ -12,7 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Row, delete, select, update
+from sqlalchemy import Connection, Row, bindparam, delete, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
 from server.clock import Clock, to_iso
@@ -48,6 +49,23 @@ from server.store.tables import agents, tasks, trigger_runs, triggers, workflow_
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,99}$"
 _LIVE_TASK = [TaskStatus.PENDING_APPROVAL.value, TaskStatus.QUEUED.value, TaskStatus.RUNNING.value]
 _RECENT_RUNS = 20
+
+
+def _record_run(dialect: Any) -> Any:
+    """INSERT the firing unless its occasion is recorded: built once per dialect (the hot path of a
+    burst of due schedules)."""
+    statement = dialect.insert(trigger_runs).values(
+        id=bindparam("id"),
+        trigger_id=bindparam("trigger_id"),
+        occasion=bindparam("occasion"),
+        reason=bindparam("reason"),
+        at=bindparam("at"),
+        status="firing",
+    )
+    return statement.on_conflict_do_nothing(index_elements=["trigger_id", "occasion"]).returning(trigger_runs.c.id)
+
+
+_RECORD_RUN = {"postgresql": _record_run(postgresql), "sqlite": _record_run(sqlite)}
 _UPCOMING = 5
 
 
@@ -76,6 +94,7 @@ class TriggerService:
         self._tasks = tasks
         self._workflows = workflows
         self._access = access
+        self._actions: dict[tuple[str, int], TriggerAction] = {}
 
     # -- making and changing -------------------------------------------------------------------
     def _validated(self, principal: Principal, kind: TriggerKind, spec: TriggerSpec) -> TriggerAction:
@@ -320,19 +339,8 @@ class TriggerService:
         occasion had already fired (here or on another replica)."""
         now = self._clock.now_us()
         run_id = new_id(TRIGGER_RUN)
-        first = insert_ignoring_duplicates(
-            conn,
-            trigger_runs,
-            {
-                "id": run_id,
-                "trigger_id": row.id,
-                "occasion": occasion[:120],
-                "reason": reason,
-                "at": now,
-                "status": "firing",
-            },
-            ["trigger_id", "occasion"],
-        )
+        values = {"id": run_id, "trigger_id": row.id, "occasion": occasion[:120], "reason": reason, "at": now}
+        first = conn.execute(_RECORD_RUN[conn.dialect.name], values).first() is not None
         if not first:
             return None
         owner = owner_of(row)
@@ -372,7 +380,7 @@ class TriggerService:
         try:
             with audit.savepoint(conn):
                 self._check_owner_alive(conn, owner)
-                action = parse_action(TriggerKind(row.kind), row.action)
+                action = self._action_of(row)
                 self._check_owner_may(owner, action)
                 if action.task is not None:
                     spec = task_for(action, scope)
@@ -384,6 +392,16 @@ class TriggerService:
                 return "created", "workflow", run_id, None
         except FleetError as exc:
             return "failed", None, None, str(exc)[:2000]
+
+    def _action_of(self, row: Row[Any]) -> TriggerAction:
+        """A trigger's parsed action, once per version of the trigger (validated when it was saved)."""
+        key = (row.id, row.updated_at)
+        action = self._actions.get(key)
+        if action is None:
+            if len(self._actions) > 10_000:
+                self._actions.clear()
+            action = self._actions[key] = parse_action(TriggerKind(row.kind), row.action)
+        return action
 
     @staticmethod
     def _check_owner_alive(conn: Connection, owner: Principal) -> None:
