@@ -42,9 +42,10 @@ def register(mcp: MCPServer) -> None:
         """The fleet's event log, oldest first after after_cursor: task submitted / claimed / progress /
         retrying / completed / failed / dead / cancelled, workflow started / step_* / completed / failed /
         cancelled, agent spawned / launched / exited / failed / restarted / unresponsive / terminated,
-        lock granted / released / expired, budget.threshold and budget.overspent, approval requested /
-        decided / expired / escalated, trigger.fired. Follow it by passing next_cursor back as after_cursor
-        with wait_s > 0: the call returns as soon as a matching event is committed, on any replica.
+        lock granted / released / expired / timed_out / cancelled, budget.threshold and budget.overspent,
+        approval requested / decided / expired / escalated, trigger.fired. Follow it by passing
+        next_cursor back as after_cursor with wait_s > 0: the call returns as soon as a matching
+        event is committed, on any replica.
         Staff see every event; an agent sees events it caused, that concern it, or about work it submitted.
         GET /events serves the same log as Server-Sent Events."""
         principal = await caller(ctx)

@@ -1,5 +1,6 @@
-"""PostgreSQL LISTEN: work queued, or a lock granted, on another replica wakes the claimers and
-lock waiters parked on this one; a change to an A2A task, made anywhere, wakes its streams."""
+"""PostgreSQL LISTEN on two channels: work queued on another replica wakes a claimer parked on this
+one (the payload says which capabilities it needs), and new events on the log wake what they
+concern here: lock waiters, A2A streams, event followers (server/services/events/wakeups.py)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ import logging
 import anyio
 import psycopg
 
+from server.errors import Unavailable
 from server.services.container import Services
 from server.services.events.log import EVENT_CHANNEL
-from server.store.dialect import LOCK_CHANNEL, TASK_CHANGE_CHANNEL, TASK_CHANNEL, listen
+from server.store.dialect import TASK_CHANNEL, listen
 
 log = logging.getLogger("agentfleet.notify")
 
@@ -20,21 +22,18 @@ async def listen_for_wakeups(services: Services) -> None:
     delay = 0.5
     while True:
         try:
-            channels = [TASK_CHANNEL, LOCK_CHANNEL, TASK_CHANGE_CHANNEL, EVENT_CHANNEL]
+            channels = [TASK_CHANNEL, EVENT_CHANNEL]
             async for channel, payload in listen(services.db.engine, channels):
                 if not channel:  # subscribed: anything changed while we were not is found by re-checks
                     delay = 0.5
                     services.signals.wake_all()
-                    services.task_changes.wake_all()
-                    services.events.bus.wake()
+                    await services.wakeups.start()
                     continue
                 if channel == EVENT_CHANNEL:
-                    services.events.bus.wake()
-                    continue
-                if channel == TASK_CHANGE_CHANNEL:
-                    services.task_changes.wake([payload])
-                elif channel == LOCK_CHANNEL:
-                    _deliver_grants(services, payload)
+                    try:
+                        await services.wakeups.catch_up()
+                    except Unavailable as exc:  # the store blinked: the waiters' re-checks cover it
+                        log.warning("could not read new events (%s)", exc)
                 else:
                     _deliver(services, payload)
         except (psycopg.Error, OSError) as exc:
@@ -53,11 +52,3 @@ def _deliver(services: Services, payload: str) -> None:
     services.signals.task_ready(
         frozenset(body.get("c") or ()), body.get("p"), int(body.get("r") or 0), services.clock.now_us()
     )
-
-
-def _deliver_grants(services: Services, payload: str) -> None:
-    try:
-        granted = json.loads(payload).get("g") or []
-    except (ValueError, AttributeError):
-        return
-    services.lock_signals.wake([str(lock_id) for lock_id in granted])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from server.clock import Clock, SystemClock
@@ -21,6 +20,7 @@ from server.services.events.log import EventBus
 from server.services.events.service import EventService
 from server.services.events.trigger_loop import TriggerRunner
 from server.services.events.triggers import TriggerService
+from server.services.events.wakeups import EventWakeups
 from server.services.fleet import FleetService
 from server.services.gate import Gate
 from server.services.leases import LeaseService
@@ -71,6 +71,7 @@ class Services:
     events: EventService
     triggers: TriggerService
     trigger_runner: TriggerRunner
+    wakeups: EventWakeups
 
     def release_waiters(self) -> None:
         """Every parked claim, lock wait and stream returns now: the server is stopping."""
@@ -91,17 +92,6 @@ def load_profiles(settings: Settings) -> ProfileRegistry:
     return ProfileRegistry.load(folders)
 
 
-def _wake_followers(task_changes: KeyedSignals) -> Callable[[], None]:
-    """SQLite cannot say which task a write changed: any committed write wakes every follower,
-    and each re-reads its task's state."""
-
-    def wake() -> None:
-        if task_changes.watched:
-            task_changes.wake_all()
-
-    return wake
-
-
 def build_services(
     settings: Settings, admin_token: str, clock: Clock | None = None, run_migrations: bool = True
 ) -> Services:
@@ -116,10 +106,9 @@ def build_services(
     signals = TaskSignals()
     lock_signals = KeyedSignals()
     task_changes = KeyedSignals()
-    if db.is_sqlite:
-        db.after_each_write = _wake_followers(task_changes)
     event_bus = EventBus()
-    db.on_events = event_bus.wake
+    wakeups = EventWakeups(db, event_bus, task_changes, lock_signals)
+    db.on_events = wakeups.local
     access = AccessPolicy(profiles)
     audit = AuditService(db, clock)
     locks = LockService(db, clock, lock_signals, signals, settings.claim_recheck_s, access)
@@ -172,4 +161,5 @@ def build_services(
         events=EventService(db, clock, event_bus),
         triggers=triggers,
         trigger_runner=TriggerRunner(db, clock, triggers),
+        wakeups=wakeups,
     )

@@ -51,7 +51,6 @@ from server.services.lock_state import (
 from server.services.signals import KeyedSignals, TaskSignals
 from server.services.tasks import announce_ready
 from server.store.database import Database, after_commit
-from server.store.dialect import LOCK_CHANNEL, notify
 from server.store.tables import lock_items, locks, resources, tasks
 
 _SERIAL_KEY = 0x61666C6B  # any fixed number: the advisory lock every lock transaction takes on PostgreSQL
@@ -792,12 +791,16 @@ class LockService:
         if ended:
             conn.execute(_END_ITEMS, {"ids": ended})
             if from_status is LockStatus.WAITING:
-                self._wake(conn, ended)  # its waiter, wherever it is, answers now instead of at its re-check
+                # Its waiter, wherever it is, answers now instead of at its re-check: here after
+                # commit, on other replicas through the event.
+                self._wake(conn, ended)
+                for lock_id in ended:
+                    events.emit(conn, now, f"lock.{status.value}", lock_id, {"by": by}, actor=by)
         return ended
 
     def _wake(self, conn: Connection, lock_ids: list[str]) -> None:
-        """After commit, the callers waiting on these requests look at them again (every replica)."""
-        notify(conn, LOCK_CHANNEL, {"g": lock_ids})
+        """After commit, the callers waiting here on these requests look at them again (other
+        replicas hear of it from the lock.granted / timed_out / cancelled events)."""
         after_commit(conn, lambda: self._signals.wake(lock_ids))
 
     def _hand_off(self, conn: Connection, now: int) -> None:

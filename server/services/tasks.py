@@ -348,10 +348,10 @@ class TaskService:
         """Cancel tasks inside the caller's transaction (a workflow ending a step or a run): those
         waiting end now, running ones are asked to stop. Their ends are not reported back."""
         if task_ids:
-            self._cancel_rows(conn, task_ids, f"cancelled: {reason}", now)
+            self._cancel_rows(conn, task_ids, f"cancelled: {reason}", now, announce=True)
 
     @staticmethod
-    def _cancel_rows(conn: Connection, task_ids: list[str], error: str, now: int) -> int:
+    def _cancel_rows(conn: Connection, task_ids: list[str], error: str, now: int, announce: bool = False) -> int:
         """Those waiting (queued, or for approval) end now and their approvals are withdrawn;
         running ones are cancelled cooperatively: the holder learns it on heartbeat, and the
         reaper ends it when the lease runs out. Returns how many rows changed."""
@@ -359,11 +359,14 @@ class TaskService:
             update(tasks)
             .where(tasks.c.id.in_(task_ids), tasks.c.status.in_(_QUEUE_CANCELLABLE))
             .values(status=TaskStatus.CANCELLED.value, finished_at=now, updated_at=now, error=error)
-            .returning(tasks.c.approval_id)
+            .returning(tasks.c.approval_id, tasks.c.id, tasks.c.type, tasks.c.submitted_by, tasks.c.attempts)
         ).all()
-        for (approval_id,) in waiting:
-            if approval_id is not None:
-                withdraw(conn, approval_id, now)
+        for row in waiting:
+            if row.approval_id is not None:
+                withdraw(conn, row.approval_id, now)
+            if announce:  # a direct cancel is announced by TaskEnds; one inside a workflow here
+                data = {"type": row.type, "status": "cancelled", "attempts": row.attempts, "error": error}
+                events.emit(conn, now, "task.cancelled", row.id, data, actor="system", owner=row.submitted_by)
         running = conn.execute(
             update(tasks)
             .where(tasks.c.id.in_(task_ids), tasks.c.status == TaskStatus.RUNNING.value)

@@ -109,11 +109,11 @@ def before_commit(conn: Connection, callback: Callable[[Connection], None]) -> N
     conn.info[_BEFORE_COMMIT].append(callback)
 
 
-def announce_events(conn: Connection) -> None:
-    """This transaction appended to the event log: once it commits, wake those following the log."""
+def announce_events(conn: Connection, rows: list[dict[str, Any]]) -> None:
+    """This transaction appended `rows` to the event log: once it commits, tell the listener."""
     listener = conn.info[_TX_LOCAL].get(_ON_EVENTS)
     if listener is not None:
-        after_commit(conn, listener)
+        after_commit(conn, lambda: listener(rows))
 
 
 def tx_local(conn: Connection) -> dict[str, Any]:
@@ -135,11 +135,8 @@ class Database:
         writers = 1 if self.dialect == "sqlite" else WRITE_THREADS_PG
         self._write_lane = ThreadPoolExecutor(writers, thread_name_prefix="store-write")
         self._read_lane = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="store-read")
-        # Called on the event loop after every committed write: how SQLite, which cannot say what
-        # changed, still wakes those following the store (A2A streams) without a timer.
-        self.after_each_write: Callable[[], None] | None = None
-        # Called on the event loop after a committed write that appended events (the event bus).
-        self.on_events: Callable[[], None] | None = None
+        # Called on the event loop with the events a committed write appended (the event bus).
+        self.on_events: Callable[[list[dict[str, Any]]], None] | None = None
 
     @property
     def is_sqlite(self) -> bool:
@@ -170,8 +167,6 @@ class Database:
             for last in conn.info.pop(_BEFORE_COMMIT):
                 last(conn)
             callbacks: list[Callable[[], None]] = conn.info.pop(_AFTER_COMMIT)
-        if self.after_each_write is not None:
-            callbacks.append(self.after_each_write)
         for callback in callbacks:
             # On the event loop, whether or not the caller still awaits: a wake-up is never lost to
             # a cancelled caller.

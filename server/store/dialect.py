@@ -12,8 +12,6 @@ from sqlalchemy import ColumnElement, Connection, Engine, Row, Table, select, te
 from sqlalchemy.dialects import postgresql, sqlite
 
 TASK_CHANNEL = "agentfleet_tasks"
-LOCK_CHANNEL = "agentfleet_locks"
-TASK_CHANGE_CHANNEL = "agentfleet_task_changes"  # raised by a trigger (migration 0009): payload is the task id
 _NOTIFY = text("SELECT pg_notify(:channel, :payload)")
 
 

@@ -176,7 +176,7 @@ def _write(conn: Connection) -> None:
         cursor.close()
     if conn.dialect.name == "postgresql":
         notify(conn, EVENT_CHANNEL, {})
-    announce_events(conn)
+    announce_events(conn, rows)
 
 
 def _row_event(row: Any) -> Event:

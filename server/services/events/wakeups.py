@@ -1,0 +1,92 @@
+"""Wake-ups read from the event log: A2A streams following a task, lock requests waiting in a queue,
+and everyone following the log (event_list waits, /events streams, the trigger loop).
+
+In this process a committed write hands its events straight to `local` (no read). Other replicas'
+events arrive as one PostgreSQL NOTIFY on the events channel; `catch_up` then reads the log from
+this replica's cursor and wakes what the new events concern. Events this replica wrote itself were
+already announced, so they are skipped.
+
+Claims are woken by their own NOTIFY (tasks.announce_ready): it carries a task's capabilities, so
+exactly one matching claimer wakes, without waiting for the log's PostgreSQL horizon."""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from server.services.events.log import EventBus, EventQuery, head_cursor, read_events
+from server.services.signals import KeyedSignals
+from server.store.database import Database
+
+_LOCK_WAKERS = frozenset({"lock.granted", "lock.timed_out", "lock.cancelled"})
+_BATCH = 500
+_REMEMBERED = 4096
+
+
+def task_keys(rows: Iterable[Mapping[str, Any]]) -> list[str]:
+    """The tasks these events moved: what A2A streams follow."""
+    keys = []
+    for row in rows:
+        kind = row["type"]
+        if kind.startswith("task."):
+            keys.append(row["subject"])
+        elif kind.startswith("approval.") and isinstance(task := (row.get("data") or {}).get("task_id"), str):
+            keys.append(task)
+    return keys
+
+
+def lock_keys(rows: Iterable[Mapping[str, Any]]) -> list[str]:
+    return [row["subject"] for row in rows if row["type"] in _LOCK_WAKERS]
+
+
+class EventWakeups:
+    def __init__(self, db: Database, bus: EventBus, task_changes: KeyedSignals, lock_signals: KeyedSignals) -> None:
+        self._db = db
+        self._bus = bus
+        self._task_changes = task_changes
+        self._lock_signals = lock_signals
+        self._mine: deque[str] = deque(maxlen=_REMEMBERED)
+        self._mine_set: set[str] = set()
+        self._cursor: str | None = None
+
+    def local(self, rows: list[dict[str, Any]]) -> None:
+        """Events this process just committed (on the event loop)."""
+        self._bus.wake()
+        if self._task_changes.watched:
+            self._task_changes.wake(task_keys(rows))
+        if self._db.dialect == "postgresql":
+            for row in rows:
+                self._remember(row["id"])
+
+    def _remember(self, event_id: str) -> None:
+        if len(self._mine) == self._mine.maxlen:
+            self._mine_set.discard(self._mine[0])
+        self._mine.append(event_id)
+        self._mine_set.add(event_id)
+
+    async def start(self) -> None:
+        """Subscribed (again): what happened meanwhile is found by each waiter's own re-check."""
+        self._cursor = await self._db.read(head_cursor)
+        self._bus.wake()
+        self._task_changes.wake_all()
+
+    async def catch_up(self) -> None:
+        """Another replica announced events: read them from our cursor and wake what they concern."""
+        self._bus.wake()
+        if self._cursor is None:
+            await self.start()
+            return
+        while True:
+            batch, upto = await self._db.read(read_events, EventQuery((), None, self._cursor, _BATCH), None)
+            self._cursor = upto
+            rows = [
+                {"id": e.id, "type": e.type, "subject": e.subject, "data": e.data}
+                for e in batch
+                if e.id not in self._mine_set
+            ]
+            if self._task_changes.watched:
+                self._task_changes.wake(task_keys(rows))
+            self._lock_signals.wake(lock_keys(rows))
+            if len(batch) < _BATCH:
+                return
