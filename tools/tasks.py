@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from mcp.server.mcpserver import MCPServer
 from pydantic import Field, ValidationError
@@ -13,13 +13,33 @@ from server.domain.priority import Priority
 from server.domain.resources import MAX_RESOURCES, ResourceRequest
 from server.domain.statuses import TaskStatus
 from server.domain.task_spec import TASK_TYPE_PATTERN, TaskSpec
-from server.domain.views import ClaimResult, TaskLease, TaskList, TaskReceipt, TaskView
+from server.domain.views import ClaimResult, TaskLease, TaskList, TaskReceipt, TaskView, TaskWaitResult
 from server.errors import InvalidInput
+from server.services.waiting import MAX_TASKS, MAX_WAIT_S, OnChange
 from tools.annotations import DESTRUCTIVE, READ_ONLY, WRITES
 from tools.arguments import Reason
 from tools.context import FleetContext, caller, services_of
 
 TaskId = Annotated[str, Field(min_length=5, max_length=40, pattern=r"^tsk_[0-9A-Z]+$", description="a task id, tsk_…")]
+WaitS = Annotated[
+    float,
+    Field(ge=0, le=MAX_WAIT_S, description="wait up to this long for the task to end (0: answer at once)"),
+]
+Until = Annotated[
+    list[TaskStatus] | None,
+    Field(max_length=7, description="also return when the task reaches one of these, e.g. [running]"),
+]
+
+
+def progress_reporter(ctx: FleetContext) -> OnChange:
+    """While a call waits, each change of the task goes to the client as a progress notification
+    (when the client sent a progress token): the holder's task_heartbeat progress and message."""
+
+    async def report(view: TaskView) -> None:
+        message = f"{view.id} {view.status}" + (f": {view.progress_message}" if view.progress_message else "")
+        await ctx.report_progress(float(view.progress or 0), 100.0, message)
+
+    return report
 
 
 def register(mcp: MCPServer) -> None:
@@ -86,6 +106,14 @@ def register(mcp: MCPServer) -> None:
                 "profiles and budgets can also require approval"
             ),
         ] = False,
+        wait_s: Annotated[
+            float,
+            Field(
+                ge=0,
+                le=MAX_WAIT_S,
+                description="delegate and wait: return when the task ends (with its result) or after this long",
+            ),
+        ] = 0,
         timeout_s: Annotated[
             int | None,
             Field(
@@ -100,9 +128,9 @@ def register(mcp: MCPServer) -> None:
         """Queue a unit of work for the fleet. An agent whose capabilities include all of the task's
         claims it (task_claim), highest priority first, FIFO within a priority. A task no live agent
         and no profile could run is refused unless allow_unroutable. Failed attempts are retried
-        with backoff up to max_attempts, then the task is dead. Poll task_get (or read
-        agentfleet://tasks/{id}) for its result. Returns a receipt (id, status, priority, ready_at, …),
-        not the payload you sent."""
+        with backoff up to max_attempts, then the task is dead. Returns a receipt (id, status,
+        priority, ready_at, …), not the payload you sent. With wait_s the call returns when the task
+        ends, with its result or error (or at wait_s with the status then): no polling."""
         principal = await caller(ctx, reason)
         try:
             spec = TaskSpec(
@@ -125,13 +153,40 @@ def register(mcp: MCPServer) -> None:
             )
         except ValidationError as exc:
             raise InvalidInput(f"task spec: {exc.errors()[0]['msg']}") from exc
-        return TaskReceipt.of(await services_of(ctx).tasks.submit(principal, spec))
+        services = services_of(ctx)
+        submitted = await services.tasks.submit(principal, spec)
+        if wait_s <= 0:
+            return TaskReceipt.of(submitted)
+        ended = await services.waits.task(principal, submitted.id, wait_s, on_change=progress_reporter(ctx))
+        receipt = TaskReceipt.of(ended)
+        return receipt.model_copy(
+            update={"result": ended.result, "error": ended.error, "finished_at": ended.finished_at}
+        )
 
     @mcp.tool(annotations=READ_ONLY)
-    async def task_get(ctx: FleetContext, task_id: TaskId) -> TaskView:
-        """Show one task: status, who holds it, attempts, result or error."""
+    async def task_get(ctx: FleetContext, task_id: TaskId, wait_s: WaitS = 0, until: Until = None) -> TaskView:
+        """Show one task: status, who holds it, attempts, result or error. With wait_s, wait for it to
+        end (completed, failed, dead, cancelled) or reach a status in `until`, instead of polling:
+        the call returns as soon as that happens, on any replica, or at wait_s with the task as it is."""
         principal = await caller(ctx)
-        return await services_of(ctx).tasks.get(principal, task_id)
+        services = services_of(ctx)
+        if wait_s <= 0:
+            return await services.tasks.get(principal, task_id)
+        wanted = frozenset(s.value for s in until or ())
+        return await services.waits.task(principal, task_id, wait_s, wanted, progress_reporter(ctx))
+
+    @mcp.tool(annotations=READ_ONLY)
+    async def task_wait(
+        ctx: FleetContext,
+        task_ids: Annotated[list[TaskId], Field(min_length=1, max_length=MAX_TASKS, description="tasks to wait on")],
+        mode: Annotated[Literal["any", "all"], Field(description="return when any one ends, or when all have")] = "all",
+        wait_s: Annotated[float, Field(ge=0, le=MAX_WAIT_S, description="the longest to wait")] = 60,
+    ) -> TaskWaitResult:
+        """Wait on several tasks at once (a fan-out you handed to sub-agents): returns when any or all
+        of them have ended, or at wait_s, with each task as it stands and whether the wait was met."""
+        principal = await caller(ctx)
+        outcome = await services_of(ctx).waits.tasks(principal, task_ids, mode, wait_s)
+        return TaskWaitResult(tasks=outcome.tasks, done=outcome.done)
 
     @mcp.tool(annotations=READ_ONLY)
     async def task_list(

@@ -9,6 +9,7 @@ from pydantic import Field
 
 from server.domain.views import WorkflowList, WorkflowTemplateView, WorkflowView
 from server.domain.workflow_status import RunStatus
+from server.services.waiting import MAX_WAIT_S
 from tools.annotations import DESTRUCTIVE, READ_ONLY, WRITES
 from tools.arguments import Reason
 from tools.context import FleetContext, caller, services_of
@@ -38,23 +39,37 @@ def register(mcp: MCPServer) -> None:
         ] = None,
         inputs: Annotated[dict[str, Any] | None, Field(description="values for the workflow's inputs")] = None,
         reason: Reason = None,
+        wait_s: Annotated[
+            float, Field(ge=0, le=MAX_WAIT_S, description="wait up to this long for the run to end (0: at once)")
+        ] = 0,
     ) -> WorkflowView:
         """Run a workflow: a DAG of steps, each a task (as task_submit takes) that starts when the
         steps it depends_on have ended. Payloads may use {{ inputs.x }} and
         {{ steps.<id>.result.y }}; `when` skips a step on a condition; `for_each` fans a step out
         over a list (the next step receives all results in order); `consensus` has N distinct agents
         do it and combines their results (majority, unanimous, first_k). Everything is validated
-        before anything runs. Returns the run; follow it with workflow_get."""
+        before anything runs. Returns the run; with wait_s, once it has ended (or at wait_s)."""
         principal = await caller(ctx, reason)
         services = services_of(ctx)
         run_id = await services.workflows.run(principal, definition, template, inputs)
+        if wait_s > 0:
+            return await services.waits.workflow(principal, run_id, wait_s)
         return await services.workflows.get(principal, run_id)
 
     @mcp.tool(annotations=READ_ONLY)
-    async def workflow_get(ctx: FleetContext, run_id: RunId) -> WorkflowView:
+    async def workflow_get(
+        ctx: FleetContext,
+        run_id: RunId,
+        wait_s: Annotated[
+            float, Field(ge=0, le=MAX_WAIT_S, description="wait up to this long for the run to end (0: at once)")
+        ] = 0,
+    ) -> WorkflowView:
         """Show a workflow run: its status, each step's state, tasks, timings, result or error,
-        and the critical path (the chain of steps that took longest)."""
+        and the critical path (the chain of steps that took longest). With wait_s, the call returns
+        when the run ends (completed, failed, cancelled), or at wait_s with the run as it is."""
         principal = await caller(ctx)
+        if wait_s > 0:
+            return await services_of(ctx).waits.workflow(principal, run_id, wait_s)
         return await services_of(ctx).workflows.get(principal, run_id)
 
     @mcp.tool(annotations=READ_ONLY)

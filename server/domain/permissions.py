@@ -26,6 +26,7 @@ TOOL_ROLES: dict[str, frozenset[Role]] = {
     "agent_heartbeat": AGENT_ONLY,
     "task_submit": RUNS_WORK,
     "task_get": EVERYONE,
+    "task_wait": EVERYONE,
     "task_list": EVERYONE,
     "task_cancel": RUNS_WORK,
     "task_claim": AGENT_ONLY,

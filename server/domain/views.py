@@ -256,10 +256,18 @@ class TaskReceipt(View):
     approval: ApprovalView | None = Field(
         None, description="set when the task waits in pending_approval: why, and until when"
     )
+    result: Any = Field(None, description="with wait_s: the result, when the task completed in time")
+    error: str | None = Field(None, description="with wait_s: why it failed, when it ended in time without success")
+    finished_at: str | None = Field(None, description="with wait_s: when it ended, if it did in time")
 
     @classmethod
     def of(cls, task: TaskView) -> TaskReceipt:
         return cls.model_construct(**{name: getattr(task, name) for name in cls.model_fields})
+
+
+class TaskWaitResult(View):
+    tasks: list[TaskView] = Field(description="each task as it stands, in the order asked")
+    done: bool = Field(description="the wait's condition held (any / all of them ended) before wait_s ran out")
 
 
 class TaskList(View):

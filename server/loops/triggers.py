@@ -8,6 +8,7 @@ import time
 
 import anyio
 
+from server.errors import Unavailable
 from server.services.container import Services
 
 log = logging.getLogger("agentfleet.triggers")
@@ -23,6 +24,8 @@ async def run_triggers(services: Services) -> None:
         try:
             await runner.run_due_schedules()
             await runner.watch_events()
+        except Unavailable as exc:  # the store blinked: say so once a round, without a traceback
+            log.warning("trigger round skipped: %s", exc)
         except Exception:  # the loop must outlive a bad round; the next round retries
             log.exception("trigger round failed; retrying")
         await bus.wait(TICK_S)

@@ -34,6 +34,7 @@ from server.services.supervision import SupervisionService
 from server.services.task_ends import TaskEnds
 from server.services.tasks import TaskService
 from server.services.tokens import TokenService
+from server.services.waiting import WaitService
 from server.services.workflow_templates import WorkflowTemplateService, shipped_templates_dir
 from server.services.workflows import WorkflowService
 from server.settings import Settings
@@ -72,6 +73,7 @@ class Services:
     triggers: TriggerService
     trigger_runner: TriggerRunner
     wakeups: EventWakeups
+    waits: WaitService
 
     def release_waiters(self) -> None:
         """Every parked claim, lock wait and stream returns now: the server is stopping."""
@@ -162,4 +164,5 @@ def build_services(
         triggers=triggers,
         trigger_runner=TriggerRunner(db, clock, triggers),
         wakeups=wakeups,
+        waits=WaitService(tasks, workflows, task_changes, settings.claim_recheck_s),
     )

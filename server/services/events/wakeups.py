@@ -25,13 +25,16 @@ _REMEMBERED = 4096
 
 
 def task_keys(rows: Iterable[Mapping[str, Any]]) -> list[str]:
-    """The tasks these events moved: what A2A streams follow."""
+    """The tasks and workflow runs these events moved: what A2A streams and waiting callers follow."""
     keys = []
     for row in rows:
         kind = row["type"]
-        if kind.startswith("task."):
+        data = row.get("data") or {}
+        if kind.startswith(("task.", "workflow.")):
             keys.append(row["subject"])
-        elif kind.startswith("approval.") and isinstance(task := (row.get("data") or {}).get("task_id"), str):
+            if isinstance(run := data.get("workflow_run_id"), str):
+                keys.append(run)  # a step's task moved: its run's view changed too
+        elif kind.startswith("approval.") and isinstance(task := data.get("task_id"), str):
             keys.append(task)
     return keys
 
