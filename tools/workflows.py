@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from mcp.server.mcpserver import MCPServer
 from pydantic import Field
 
-from server.domain.views import WorkflowList, WorkflowTemplateView, WorkflowView
+from server.domain.views import WorkflowList, WorkflowTemplateList, WorkflowTemplateView, WorkflowView
 from server.domain.workflow_status import RunStatus
 from server.services.waiting import MAX_WAIT_S
 from tools.annotations import DESTRUCTIVE, READ_ONLY, WRITES
@@ -108,3 +108,22 @@ def register(mcp: MCPServer) -> None:
         is a conflict. Run it with workflow_run(template="name@^1")."""
         principal = await caller(ctx, reason)
         return await services_of(ctx).workflow_templates.save(principal, definition, version)
+
+    @mcp.tool(annotations=READ_ONLY)
+    async def workflow_template_list(ctx: FleetContext) -> WorkflowTemplateList:
+        """The saved workflow templates you can run: each name with its versions (newest first), its
+        inputs and steps. workflow_template_get shows one in full; workflow_run(template=…) runs it."""
+        await caller(ctx)
+        return await services_of(ctx).workflow_templates.list()
+
+    @mcp.tool(annotations=READ_ONLY)
+    async def workflow_template_get(
+        ctx: FleetContext,
+        template: Annotated[
+            str, Field(min_length=1, max_length=200, description="name (newest), name@1.2.0 or a range name@^1")
+        ],
+    ) -> WorkflowTemplateView:
+        """One workflow template in full: its definition (inputs with types, steps, conditions), as
+        workflow_run(template=…) would run it."""
+        await caller(ctx)
+        return await services_of(ctx).workflow_templates.get(template)

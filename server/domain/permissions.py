@@ -48,6 +48,8 @@ TOOL_ROLES: dict[str, frozenset[Role]] = {
     "workflow_list": EVERYONE,
     "workflow_cancel": RUNS_WORK,
     "workflow_template_save": STAFF,
+    "workflow_template_list": EVERYONE,
+    "workflow_template_get": EVERYONE,
     "approval_list": STAFF,
     "approval_decide": STAFF,
     "audit_query": STAFF,

@@ -443,6 +443,18 @@ class WorkflowList(View):
     next_cursor: str | None
 
 
+class WorkflowTemplateSummary(View):
+    name: str
+    versions: list[str] = Field(description="newest first; run one with workflow_run(template='name@version')")
+    description: str | None
+    inputs: list[str] = Field(description="the newest version's inputs; workflow_template_get shows their types")
+    steps: list[str]
+
+
+class WorkflowTemplateList(View):
+    templates: list[WorkflowTemplateSummary]
+
+
 class WorkflowTemplateView(View):
     name: str
     version: str

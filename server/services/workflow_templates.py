@@ -12,7 +12,7 @@ from sqlalchemy import Connection, select
 
 from server.clock import Clock, to_iso
 from server.domain.principal import SHIPPED, Principal
-from server.domain.views import WorkflowTemplateView
+from server.domain.views import WorkflowTemplateList, WorkflowTemplateSummary, WorkflowTemplateView
 from server.domain.workflow_definition import WorkflowDefinition, parse_definition
 from server.errors import Conflict, InvalidInput, NotFound
 from server.services import audit
@@ -100,6 +100,44 @@ class WorkflowTemplateService:
             select(workflow_templates).where(workflow_templates.c.name == name, workflow_templates.c.version == version)
         ).one()
         return _view(row, created=True)
+
+    async def list(self) -> WorkflowTemplateList:
+        """Every template name with its versions (newest first) and the newest version's inputs."""
+        return await self._db.read(self._list_tx)
+
+    @staticmethod
+    def _list_tx(conn: Connection) -> WorkflowTemplateList:
+        rows = conn.execute(select(workflow_templates).order_by(workflow_templates.c.name)).all()
+        by_name: dict[str, list[Any]] = {}
+        for row in rows:
+            by_name.setdefault(row.name, []).append(row)
+        summaries = []
+        for name, versions in by_name.items():
+            versions.sort(key=lambda r: Version(r.version), reverse=True)
+            newest = versions[0].definition
+            summaries.append(
+                WorkflowTemplateSummary(
+                    name=name,
+                    versions=[r.version for r in versions],
+                    description=newest.get("description"),
+                    inputs=sorted(newest.get("inputs", {})),
+                    steps=[step["id"] for step in newest["steps"]],
+                )
+            )
+        return WorkflowTemplateList(templates=summaries)
+
+    async def get(self, ref: str) -> WorkflowTemplateView:
+        """One template version: `name` (newest), `name@1.2.0` or a range such as `name@^1`."""
+        return await self._db.read(self._get_tx, ref)
+
+    @staticmethod
+    def _get_tx(conn: Connection, ref: str) -> WorkflowTemplateView:
+        _, resolved = resolve_template(conn, ref)
+        name, version = resolved.rsplit("@", 1)
+        row = conn.execute(
+            select(workflow_templates).where(workflow_templates.c.name == name, workflow_templates.c.version == version)
+        ).one()
+        return _view(row, created=False)
 
     def seed_shipped(self, folder: Path) -> None:
         """Make the shipped templates available on this store (once per version; never replaced)."""

@@ -137,3 +137,17 @@ async def test_a_wait_on_one_replica_ends_when_another_replica_completes(
             waited = time.monotonic() - started
     assert done["status"] == "completed" and done["result"] == {"where": "b"}
     assert waited < 8  # the event from replica b woke it, well before any re-check
+
+
+async def test_templates_can_be_discovered_and_read(connect):
+    async with connect() as admin:
+        listed = await call(admin, "workflow_template_list")
+        names = {t["name"]: t for t in listed["templates"]}
+        assert "research-review-report" in names
+        shipped = names["research-review-report"]
+        newest = await call(admin, "workflow_template_get", template="research-review-report")
+        ranged = await call(
+            admin, "workflow_template_get", template=f"research-review-report@^{shipped['versions'][0].split('.')[0]}"
+        )
+    assert newest["version"] == shipped["versions"][0] == ranged["version"]
+    assert newest["steps"] == shipped["steps"] and set(shipped["inputs"]) <= set(newest["definition"]["inputs"])
