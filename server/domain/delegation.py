@@ -69,6 +69,8 @@ def widened_fields(parent: Profile, child: Profile) -> list[str]:
         widened.append("permissions.lock_resources")
     if theirs.execute and not mine.execute:
         widened.append("permissions.execute")
+    if "*" not in mine.message and not set(theirs.message) <= set(mine.message):
+        widened.append("permissions.message")
     if not _spawn_within(child.spawn, parent.spawn):
         widened.append("spawn")
     if not set(parent.approvals.task_types) <= set(child.approvals.task_types):

@@ -57,6 +57,15 @@ TOOL_ROLES: dict[str, frozenset[Role]] = {
     "token_list": ADMIN_ONLY,
     "token_revoke": ADMIN_ONLY,
     "token_rotate": ADMIN_ONLY,
+    # Messages: row-level rules (who may reach whom, whose inbox) are the messaging service's.
+    "message_send": RUNS_WORK,
+    "message_request": RUNS_WORK,
+    "message_inbox": EVERYONE,
+    "message_ack": RUNS_WORK,  # viewers receive no messages
+    "message_thread": EVERYONE,
+    "message_search": EVERYONE,
+    "topic_subscribe": RUNS_WORK,
+    "topic_unsubscribe": RUNS_WORK,
     "event_list": EVERYONE,  # each principal reads only the events it may see
     "event_replay": STAFF,
     # Triggers create work on their owner's behalf: staff, or an agent whose profile names them.
@@ -66,11 +75,6 @@ TOOL_ROLES: dict[str, frozenset[Role]] = {
     "trigger_update": RUNS_WORK,
     "trigger_delete": RUNS_WORK,
     "trigger_fire": RUNS_WORK,
-    # Outbound URLs are the admin's to configure: no agent can make the server call an address.
-    "notification_channel_create": ADMIN_ONLY,
-    "notification_channel_list": STAFF,
-    "notification_channel_delete": ADMIN_ONLY,
-    "notification_deliveries": STAFF,
 }
 
 # Tools an agent may call only when its profile's permissions.tools names them (a profile without

@@ -153,6 +153,12 @@ class ProfilePermissions(BaseModel):
         False,
         description="its tasks may be run as code by agents whose profile executes payloads (e.g. shell-worker)",
     )
+    message: tuple[Pattern, ...] = Field(
+        (),
+        max_length=64,
+        description="recipients beyond its parent, children, subtree, siblings, requester and operators that "
+        "it may message: topic:<pattern>, profile:<pattern>, label:<k=v pattern>, or * for anyone",
+    )
 
     @field_validator("tools")
     @classmethod

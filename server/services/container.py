@@ -25,6 +25,8 @@ from server.services.fleet import FleetService
 from server.services.gate import Gate
 from server.services.leases import LeaseService
 from server.services.locks import LockService
+from server.services.messages.recipients import RecipientResolver
+from server.services.messages.service import MessageService
 from server.services.peers import PeerService
 from server.services.pricing import PriceTable
 from server.services.profiles import ProfileRegistry, shipped_profiles_dir
@@ -74,6 +76,7 @@ class Services:
     trigger_runner: TriggerRunner
     wakeups: EventWakeups
     waits: WaitService
+    messages: MessageService
 
     def release_waiters(self) -> None:
         """Every parked claim, lock wait and stream returns now: the server is stopping."""
@@ -165,4 +168,5 @@ def build_services(
         trigger_runner=TriggerRunner(db, clock, triggers),
         wakeups=wakeups,
         waits=WaitService(tasks, workflows, task_changes, settings.claim_recheck_s),
+        messages=MessageService(db, clock, RecipientResolver(access), task_changes),
     )

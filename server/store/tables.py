@@ -638,3 +638,48 @@ notification_deliveries = Table(
     UniqueConstraint("channel_id", "event_id", name="uq_orch_notification_deliveries_channel_id_event_id"),
     Index("ix_orch_notification_deliveries_channel_id_status", "channel_id", "status", "created_at"),
 )
+
+# Messages between agents and people. A message is stored once; each recipient has an inbox row,
+# written in the same transaction as the message, so a send reaches every recipient or none.
+messages = Table(
+    "orch_messages",
+    metadata,
+    Column("id", String(ID), primary_key=True),
+    Column("thread_id", String(ID), nullable=False),
+    Column("sender", String(60), nullable=False),
+    Column("sender_role", String(20), nullable=False),
+    Column("subject", String(300), nullable=True),
+    Column("body", Text, nullable=False),
+    Column("importance", String(10), nullable=False),
+    Column("reply_to", String(ID), nullable=True),
+    Column("attachments", JSON, nullable=False),
+    Column("ack_required", Boolean, nullable=False),
+    Column("recipients", JSON, nullable=False),  # what `to` resolved to, for the thread view
+    Column("created_at", BigInteger, nullable=False),
+    Column("expires_at", BigInteger, nullable=True),
+    CheckConstraint("importance IN ('low', 'normal', 'high', 'urgent')", name="importance"),
+    Index("ix_orch_messages_thread_id_created_at", "thread_id", "created_at"),
+)
+
+# One row per recipient of a message: the recipient is a principal id (an agent, a person's token
+# name, admin) or `@operators`, the inbox every operator and the admin read.
+inbox = Table(
+    "orch_inbox",
+    metadata,
+    Column("recipient", String(60), primary_key=True),
+    Column("message_id", String(ID), ForeignKey("orch_messages.id", ondelete="CASCADE"), primary_key=True),
+    Column("thread_id", String(ID), nullable=False),
+    Column("sender", String(60), nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("read_at", BigInteger, nullable=True),
+    Column("acked_at", BigInteger, nullable=True),
+    Index("ix_orch_inbox_recipient_unread", "recipient", "read_at", "message_id"),
+)
+
+topic_subscriptions = Table(
+    "orch_topic_subscriptions",
+    metadata,
+    Column("topic", String(100), primary_key=True),
+    Column("principal", String(60), primary_key=True),
+    Column("created_at", BigInteger, nullable=False),
+)

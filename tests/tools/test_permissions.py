@@ -132,7 +132,22 @@ KEY_EXPECTATIONS: list[tuple[Role, str, bool]] = [
 ]
 
 # Let in at the door, but the service has nothing for this caller to do.
-ALLOWED_BUT: dict[tuple[Role, str], str] = {}  # (role, tool) allowed at the door but refused by the service
+# (role, tool) allowed by the role table but refused for this fleet's agent: its profile names no
+# trigger tools and no topics.
+ALLOWED_BUT: dict[tuple[Role, str], str] = {
+    **{
+        (Role.AGENT, tool): "permission_denied"
+        for tool in (
+            "trigger_create",
+            "trigger_list",
+            "trigger_get",
+            "trigger_update",
+            "trigger_delete",
+            "trigger_fire",
+        )
+    },
+    (Role.AGENT, "topic_subscribe"): "permission_denied",
+}
 
 ROLES = [Role.ADMIN, Role.OPERATOR, Role.VIEWER, Role.AGENT]
 NAMES = {Role.OPERATOR: "ops", Role.VIEWER: "eve"}
@@ -305,11 +320,40 @@ async def _own_run(f: Fleet, ok: bool) -> dict[str, Any]:
     return {"run_id": (await call(runner, "workflow_run", definition=_workflow(f)))["id"]}
 
 
+async def _own_trigger(f: Fleet, ok: bool) -> dict[str, Any]:
+    """A trigger the role may see: made by itself when it may make one, else by the admin."""
+    maker = f.me if ok and f.role in (Role.ADMIN, Role.OPERATOR) else f.admin
+    name = f.unique("hook-")
+    await call(maker, "trigger_create", name=name, kind="webhook", task={"type": "build"})
+    return {"trigger": name}
+
+
+async def _event_trigger(f: Fleet, ok: bool) -> dict[str, Any]:
+    name = f.unique("on-dead-")
+    await call(f.admin, "trigger_create", name=name, kind="event", event_types=["task.dead"], task={"type": "build"})
+    return {"trigger": name, "after_cursor": "0" * 32}
+
+
+async def _own_thread(f: Fleet, ok: bool) -> dict[str, Any]:
+    sender = f.me if ok and f.role is not Role.VIEWER else f.admin
+    return {"thread_id": (await call(sender, "message_send", to=["operators"], body="status?"))["thread_id"]}
+
+
+async def _mail_for_me(f: Fleet, ok: bool) -> dict[str, Any]:
+    """A message in the role's inbox: the agent's own, or the operators' one for staff."""
+    to = [f.agent] if f.role is Role.AGENT else ["operators"]
+    return {"message_ids": [(await call(f.admin, "message_send", to=to, body="please confirm"))["id"]]}
+
+
 def _fixed(**arguments: Any) -> Arguments:
     async def arguments_for(f: Fleet, ok: bool) -> dict[str, Any]:
         return dict(arguments)
 
     return arguments_for
+
+
+async def _with_extra(base: Awaitable[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+    return {**(await base), **extra}
 
 
 def _with(build: Callable[[Fleet], dict[str, Any]]) -> Arguments:
@@ -357,6 +401,25 @@ ARGUMENTS: dict[str, Arguments] = {
     "token_list": _fixed(),
     "token_revoke": _token_ref,
     "token_rotate": _token_ref,
+    "task_wait": _with(lambda f: {"task_ids": [f.leased], "wait_s": 0}),
+    "workflow_template_list": _fixed(),
+    "workflow_template_get": _fixed(template="research-review-report"),
+    "event_list": _fixed(),
+    "event_replay": _event_trigger,
+    "trigger_create": _with(lambda f: {"name": f.unique("made-"), "kind": "webhook", "task": {"type": "build"}}),
+    "trigger_list": _fixed(),
+    "trigger_get": _own_trigger,
+    "trigger_update": lambda f, ok: _with_extra(_own_trigger(f, ok), enabled=False),
+    "trigger_delete": _own_trigger,
+    "trigger_fire": _own_trigger,
+    "message_send": _fixed(to=["operators"], body="hello"),
+    "message_request": _fixed(to=["operators"], body="anyone?", wait_s=0),
+    "message_inbox": _fixed(),
+    "message_ack": _mail_for_me,
+    "message_thread": _own_thread,
+    "message_search": _fixed(query="hello"),
+    "topic_subscribe": _fixed(topic="releases"),
+    "topic_unsubscribe": _fixed(topic="releases"),
 }
 
 

@@ -25,7 +25,8 @@ _REMEMBERED = 4096
 
 
 def task_keys(rows: Iterable[Mapping[str, Any]]) -> list[str]:
-    """The tasks and workflow runs these events moved: what A2A streams and waiting callers follow."""
+    """The tasks, workflow runs and inboxes these events moved: what A2A streams, waiting callers and
+    inbox long-polls follow."""
     keys = []
     for row in rows:
         kind = row["type"]
@@ -36,6 +37,8 @@ def task_keys(rows: Iterable[Mapping[str, Any]]) -> list[str]:
                 keys.append(run)  # a step's task moved: its run's view changed too
         elif kind.startswith("approval.") and isinstance(task := data.get("task_id"), str):
             keys.append(task)
+        elif kind == "message.sent":
+            keys.extend(f"inbox:{recipient}" for recipient in data.get("recipients") or ())
     return keys
 
 
