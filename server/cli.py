@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from server import __version__, operator_cli
+from server import __version__, inbox_cli, operator_cli
 from server.errors import FleetError, Unavailable
 
 if TYPE_CHECKING:
@@ -58,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_store_flags(verify)
     operator_cli.add_audit_query(audit_commands)
     operator_cli.register(commands)
+    inbox_cli.register(commands)
     completion = commands.add_parser("completion", help="print a shell completion script: bash, zsh or tcsh")
     completion.add_argument("shell", choices=["bash", "zsh", "tcsh"])
 

@@ -38,6 +38,7 @@ class Settings:
     priority_aging_s: int = 600
     # How often the reaper looks for lapsed leases.
     reaper_interval_s: float = 1.0
+    message_retention_days: int = 30
     # A parked claim re-checks the store this often even without a wake-up (safety net for
     # writers that cannot notify, e.g. another process on the same SQLite file).
     claim_recheck_s: float = 10.0
@@ -131,6 +132,7 @@ def load_settings(env: Mapping[str, str] | None = None, **flags: Any) -> Setting
         log_level=text("LOG_LEVEL") or "info",
         priority_aging_s=_int(env, "PRIORITY_AGING_S", 600),
         reaper_interval_s=_float(env, "REAPER_INTERVAL_S", 1.0),
+        message_retention_days=_int(env, "MESSAGE_RETENTION_DAYS", 30),
         claim_recheck_s=_float(env, "CLAIM_RECHECK_S", 10.0),
         rate_limit_per_s=_float(env, "RATE_LIMIT_PER_S", 100.0, zero_ok=True),
         rate_limit_burst=_int(env, "RATE_LIMIT_BURST", 200),

@@ -93,3 +93,18 @@ def test_a_worker_for_a_profile_the_server_runs_is_refused_before_any_agent_is_m
     )
     assert done.returncode == 3 and "has runtime process, not external" in done.stderr, done.stderr
     assert over_mcp(module_fleet, "agent_list", profile="python-echo")["agents"] == before
+
+
+def test_inbox_hook_puts_unread_messages_into_a_claude_code_turn_once(module_fleet: FleetServer, capsys):
+    agent = over_mcp(module_fleet, "agent_spawn", profile="worker", name="hooked")
+    over_mcp(module_fleet, "message_send", to=[agent["agent"]["id"]], body="please rebase on main", subject="CI")
+    code, out, _ = cli(module_fleet, capsys, "inbox", "--hook", token=agent["token"])
+    context = json.loads(out)["hookSpecificOutput"]
+    assert code == 0 and context["hookEventName"] == "UserPromptSubmit"
+    assert "please rebase on main" in context["additionalContext"] and "from admin" in context["additionalContext"]
+    code, out, _ = cli(module_fleet, capsys, "inbox", "--hook", token=agent["token"])
+    assert code == 0 and out == ""  # acknowledged: not injected twice
+    over_mcp(module_fleet, "message_send", to=[agent["agent"]["id"]], body="and answer me")
+    code, out, _ = cli(module_fleet, capsys, "inbox", "--hook", "Stop", token=agent["token"])
+    stop = json.loads(out)
+    assert stop["decision"] == "block" and "and answer me" in stop["reason"]

@@ -24,7 +24,15 @@ def _rounds(services: Services) -> list[tuple[Callable[[], Awaitable[int]], int,
         (services.budgets.sweep, logging.INFO, "expired %d budget hold(s)"),
         (services.agents.sweep_silent, logging.WARNING, "%d silent agent(s) are now unresponsive"),
         (services.approvals.sweep, logging.WARNING, "%d approval(s) expired undecided; the default applied"),
+        (_prune_messages(services), logging.INFO, "pruned %d expired or old read message(s)"),
     ]
+
+
+def _prune_messages(services: Services) -> Callable[[], Awaitable[int]]:
+    async def prune() -> int:
+        return await services.messages.prune(services.settings.message_retention_days)
+
+    return prune
 
 
 async def run_reaper(services: Services) -> None:

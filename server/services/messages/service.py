@@ -346,24 +346,22 @@ class MessageService:
 
     # -- retention -----------------------------------------------------------------------------
     async def prune(self, retention_days: int) -> int:
+        """Messages past their ttl, or older than the retention whose every copy was read, go. A
+        read first: the reaper calls this every round, and most rounds have nothing to prune."""
+        if not await self._db.read(self._doomed_tx, retention_days, 1):
+            return 0
         return await self._db.write(self._prune_tx, retention_days)
 
-    def _prune_tx(self, conn: Connection, retention_days: int) -> int:
-        """Messages past their ttl, or older than the retention whose every copy was read, go."""
+    def _doomed_tx(self, conn: Connection, retention_days: int, limit: int) -> list[str]:
         now = self._clock.now_us()
         cutoff = now - retention_days * 86_400 * MICROS
         unread = select(inbox.c.message_id).where(inbox.c.read_at.is_(None))
-        doomed = (
-            select(messages.c.id)
-            .where(
-                or_(
-                    and_(messages.c.expires_at.is_not(None), messages.c.expires_at <= now),
-                    and_(messages.c.created_at < cutoff, messages.c.id.not_in(unread)),
-                )
-            )
-            .limit(1000)
-        )
-        ids = list(conn.execute(doomed).scalars())
+        expired = and_(messages.c.expires_at.is_not(None), messages.c.expires_at <= now)
+        old_and_read = and_(messages.c.created_at < cutoff, messages.c.id.not_in(unread))
+        return list(conn.execute(select(messages.c.id).where(or_(expired, old_and_read)).limit(limit)).scalars())
+
+    def _prune_tx(self, conn: Connection, retention_days: int) -> int:
+        ids = self._doomed_tx(conn, retention_days, 1000)
         if ids:
             conn.execute(delete(inbox).where(inbox.c.message_id.in_(ids)))
             conn.execute(delete(messages).where(messages.c.id.in_(ids)))
