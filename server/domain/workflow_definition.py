@@ -332,6 +332,8 @@ def _find_cycle(depends_on: Mapping[str, Sequence[str]]) -> list[str] | None:
 def _check_reads(step: StepSpec, inputs: set[str], above: frozenset[str], known: set[str]) -> None:
     for where, ref in step.reads():
         at = f"step {step.id!r}, field '{where}'"
+        if ref.root in ("event", "body"):
+            raise ValueError(f"{at}: {{{{ {ref.text} }}}} is for triggers' actions; a workflow reads inputs and steps")
         if ref.root == "inputs" and ref.path[0] not in inputs:
             declared = ", ".join(sorted(inputs)) or "none"
             raise ValueError(

@@ -19,7 +19,7 @@ from typing import Any, NoReturn
 
 from server.errors import InvalidInput
 
-ROOTS = ("inputs", "steps", "item", "index")
+ROOTS = ("inputs", "steps", "item", "index", "event", "body")
 MAX_CONDITION_CHARS = 2_000
 MAX_CONDITION_DEPTH = 32
 
