@@ -23,6 +23,7 @@ from server.services.fleet import FleetService
 from server.services.gate import Gate
 from server.services.leases import LeaseService
 from server.services.locks import LockService
+from server.services.notifications import NotificationService
 from server.services.peers import PeerService
 from server.services.pricing import PriceTable
 from server.services.profiles import ProfileRegistry, shipped_profiles_dir
@@ -67,6 +68,7 @@ class Services:
     workflows: WorkflowService
     workflow_templates: WorkflowTemplateService
     events: EventService
+    notifications: NotificationService
 
     def release_waiters(self) -> None:
         """Every parked claim, lock wait and stream returns now: the server is stopping."""
@@ -164,4 +166,5 @@ def build_services(
         workflows=WorkflowService(db, clock, tasks, access, task_ends),
         workflow_templates=workflow_templates,
         events=EventService(db, clock, event_bus),
+        notifications=NotificationService(db, clock, event_bus, settings),
     )
