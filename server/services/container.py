@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from server.clock import Clock, SystemClock
 from server.domain.approval import Decision
+from server.services.a2a_push import A2APushService
 from server.services.a2a_records import A2ARecordService
 from server.services.access import AccessPolicy
 from server.services.admin_identity import claim_admin_identity
@@ -69,6 +70,7 @@ class Services:
     workflow_templates: WorkflowTemplateService
     events: EventService
     notifications: NotificationService
+    a2a_push: A2APushService
 
     def release_waiters(self) -> None:
         """Every parked claim, lock wait and stream returns now: the server is stopping."""
@@ -167,4 +169,5 @@ def build_services(
         workflow_templates=workflow_templates,
         events=EventService(db, clock, event_bus),
         notifications=NotificationService(db, clock, event_bus, settings),
+        a2a_push=A2APushService(db, clock, settings),
     )

@@ -502,7 +502,7 @@ class NotificationService:
                 headers[A2A_TOKEN_HEADER] = claim.token
             if claim.auth:
                 headers["Authorization"] = claim.auth
-            if not self._settings.push_allow_private and await _resolves_private(claim.url):
+            if not self._settings.push_allow_private and await resolves_private(claim.url):
                 return "refused: the push URL resolves to a private, loopback or link-local address"
         try:
             response = await client.post(
@@ -579,7 +579,7 @@ def _find_channel(conn: Connection, ref: str) -> Any:
     return row
 
 
-async def _resolves_private(url: str) -> bool:
+async def resolves_private(url: str) -> bool:
     """Whether any address the URL's host resolves to is private (an unresolvable host is refused too)."""
     parts = urlsplit(url)
     host = parts.hostname or ""
