@@ -74,6 +74,8 @@ from server.store.tables import notification_deliveries as deliveries
 log = logging.getLogger("agentfleet.notifications")
 
 QUEUE_BATCH = 500
+END = "f" * 32  # a cursor past every event: a channel there follows the log no more
+A2A_FINAL = frozenset({"task.completed", "task.failed", "task.dead", "task.cancelled"})
 DELIVER_BATCH = 50
 LEASE_MARGIN_S = 5.0
 MAX_ERROR = 500
@@ -344,6 +346,10 @@ class NotificationService:
         found, next_cursor = read_events(conn, query, None)
         if next_cursor == cursor:
             return 0, None
+        if row.kind == ChannelKind.A2A and any(event.type in A2A_FINAL for event in found):
+            # The task has ended: nothing more will be pushed, so the channel stops following the log
+            # (a finished task's config costs no work per event from now on).
+            next_cursor, found = END, found[: 1 + next(i for i, e in enumerate(found) if e.type in A2A_FINAL)]
         moved = conn.execute(
             update(channels).where(channels.c.id == channel_id, channels.c.cursor == cursor).values(cursor=next_cursor)
         )
@@ -374,7 +380,7 @@ class NotificationService:
             )
         if rows:
             conn.execute(deliveries.insert(), rows)
-        return len(rows), next_cursor if len(found) == QUEUE_BATCH else None
+        return len(rows), next_cursor if len(found) == QUEUE_BATCH and next_cursor != END else None
 
     def _matches(self, text: str | None, event: Event) -> bool:
         if text is None:

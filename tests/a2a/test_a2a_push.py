@@ -19,7 +19,10 @@ from a2a.types import (
     TaskState,
 )
 from google.protobuf.json_format import ParseDict
+from sqlalchemy import select
 
+from server.store.database import create_store_engine
+from server.store.tables import notification_channels
 from tests.a2a.support import claim, open_a2a, request_for, send, spawn_worker
 from tests.conftest import TEST_PROFILES
 from tests.events.receiver import receiver
@@ -47,7 +50,17 @@ def pushed_states(bodies: list[StreamResponse]) -> list[str]:
     return [TaskState.Name(b.status_update.status.state).removeprefix("TASK_STATE_").lower() for b in bodies]
 
 
-async def test_a_push_config_sent_with_the_message_gets_each_state(fleet: FleetServer):
+def a2a_channel_cursors(database_url: str) -> list[str]:
+    engine = create_store_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            kind = notification_channels.c.kind == "a2a"
+            return list(conn.execute(select(notification_channels.c.cursor).where(kind)).scalars())
+    finally:
+        engine.dispose()
+
+
+async def test_a_push_config_sent_with_the_message_gets_each_state(fleet: FleetServer, database_url: str):
     capability, agent_token = await spawn_worker(fleet)
     async with receiver() as hook, open_a2a(fleet) as client, fleet.mcp(agent_token) as agent:
         request = request_for(spec(capability))
@@ -69,6 +82,8 @@ async def test_a_push_config_sent_with_the_message_gets_each_state(fleet: FleetS
     assert {b.status_update.context_id for b in bodies} == {response.task.context_id}
     assert all(r.headers["x-a2a-notification-token"] == "tok-123" for r in got)
     assert all(r.headers["authorization"] == "Bearer peer-credential" for r in got)
+    # The task ended: its config's channel no longer follows the log.
+    assert a2a_channel_cursors(database_url) == ["f" * 32]
 
 
 async def test_configs_are_created_read_listed_and_deleted(fleet: FleetServer):
