@@ -59,12 +59,14 @@ class Receiver:
 
 
 @asynccontextmanager
-async def receiver(answers: list[int] | None = None) -> AsyncIterator[Receiver]:
+async def receiver(answers: list[int] | None = None, delay_s: float = 0) -> AsyncIterator[Receiver]:
     port = free_port()
     made = Receiver(url=f"http://127.0.0.1:{port}/hook", answers=list(answers or []))
 
     async def hook(request: Request) -> Response:
         raw = await request.body()
+        if delay_s:
+            await asyncio.sleep(delay_s)
         status = made.answers.pop(0) if made.answers else 200
         made.got.append(Received(request.url.path, {k.lower(): v for k, v in request.headers.items()}, raw, status))
         made.arrived.set()
