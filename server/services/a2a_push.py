@@ -22,7 +22,8 @@ from server.domain.notification import ChannelKind, check_url
 from server.domain.principal import Principal
 from server.domain.storable import scrubbed
 from server.errors import InvalidInput, NotFound
-from server.services.notifications import ChannelSpec, new_channel_row, resolves_private
+from server.services import audit
+from server.services.notifications import ChannelSpec, new_channel_row, private_address_problem
 from server.settings import Settings
 from server.store.database import Database
 from server.store.tables import a2a_push_configs as configs
@@ -71,10 +72,10 @@ class A2APushService:
         ):
             if value is not None and (len(value) > limit or any(ch in value for ch in "\r\n\x00")):
                 raise InvalidInput(f"the push notification {what} must be at most {limit} characters on one line")
-        if not self._settings.push_allow_private and await resolves_private(config.url):
+        if not self._settings.push_allow_private and (problem := await private_address_problem(config.url)):
             raise InvalidInput(
-                "the push notification URL is (or resolves to) a private, loopback or link-local address; "
-                "this server calls only public addresses (AGENTFLEET_PUSH_ALLOW_PRIVATE=true allows others)"
+                f"the push notification URL cannot be used: {problem}; this server calls only public "
+                "addresses (AGENTFLEET_PUSH_ALLOW_PRIVATE=true allows others)"
             )
 
     async def set(self, principal: Principal, config: PushConfig) -> PushConfig:
@@ -92,9 +93,11 @@ class A2APushService:
         }
         where = (configs.c.task_id == config.task_id, configs.c.id == config.id)
         existing = conn.execute(select(configs).where(*where)).first()
+        detail = {"task_id": config.task_id, "config_id": config.id, "url": config.url}
         if existing is not None:
             conn.execute(update(configs).where(*where).values(values))
             conn.execute(update(channels).where(channels.c.id == existing.channel_id).values(url=config.url))
+            audit.record(conn, now, principal, "a2a_push_config.update", config.task_id, detail)
             return config
         spec = ChannelSpec(
             name=f"a2a:{config.task_id}:{config.id}",
@@ -116,6 +119,7 @@ class A2APushService:
                 **values,
             )
         )
+        audit.record(conn, now, principal, "a2a_push_config.create", config.task_id, detail)
         return config
 
     async def get(self, principal: Principal, task_id: str, config_id: str) -> PushConfig:
@@ -136,8 +140,7 @@ class A2APushService:
     async def delete(self, principal: Principal, task_id: str, config_id: str) -> None:
         await self._db.write(self._delete_tx, principal, task_id, config_id)
 
-    @staticmethod
-    def _delete_tx(conn: Connection, principal: Principal, task_id: str, config_id: str) -> None:
+    def _delete_tx(self, conn: Connection, principal: Principal, task_id: str, config_id: str) -> None:
         _own_task(conn, principal, task_id)
         row = conn.execute(select(configs).where(configs.c.task_id == task_id, configs.c.id == config_id)).first()
         if row is None:
@@ -145,6 +148,8 @@ class A2APushService:
         conn.execute(delete(deliveries).where(deliveries.c.channel_id == row.channel_id))
         conn.execute(delete(configs).where(configs.c.task_id == task_id, configs.c.id == config_id))
         conn.execute(delete(channels).where(channels.c.id == row.channel_id))
+        detail = {"task_id": task_id, "config_id": config_id}
+        audit.record(conn, self._clock.now_us(), principal, "a2a_push_config.delete", task_id, detail)
 
 
 def _own_task(conn: Connection, principal: Principal, task_id: str) -> None:

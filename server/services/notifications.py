@@ -79,6 +79,7 @@ A2A_FINAL = frozenset({"task.completed", "task.failed", "task.dead", "task.cance
 DELIVER_BATCH = 50
 LEASE_MARGIN_S = 5.0
 MAX_ERROR = 500
+ERROR_BODY_BYTES = 200
 
 
 class ChannelView(BaseModel):
@@ -508,17 +509,23 @@ class NotificationService:
                 headers[A2A_TOKEN_HEADER] = claim.token
             if claim.auth:
                 headers["Authorization"] = claim.auth
-            if not self._settings.push_allow_private and await resolves_private(claim.url):
-                return "refused: the push URL resolves to a private, loopback or link-local address"
+            if not self._settings.push_allow_private and (problem := await private_address_problem(claim.url)):
+                return f"refused: {problem} (AGENTFLEET_PUSH_ALLOW_PRIVATE is off)"
         try:
-            response = await client.post(
-                claim.url, content=body, headers=headers, timeout=self._settings.notify_timeout_s
-            )
+            async with client.stream(
+                "POST", claim.url, content=body, headers=headers, timeout=self._settings.notify_timeout_s
+            ) as response:
+                if 200 <= response.status_code < 300:
+                    return None
+                said = b""
+                async for chunk in response.aiter_bytes():  # a few bytes of why, never a whole body
+                    said += chunk
+                    if len(said) >= ERROR_BODY_BYTES:
+                        break
         except httpx.HTTPError as exc:
             return f"{type(exc).__name__}: {exc}"[:MAX_ERROR] if str(exc) else type(exc).__name__
-        if 200 <= response.status_code < 300:
-            return None
-        return f"HTTP {response.status_code}: {response.text[:200]}"[:MAX_ERROR]
+        text = said[:ERROR_BODY_BYTES].decode("utf-8", "replace")
+        return f"HTTP {response.status_code}: {text}"[:MAX_ERROR]
 
     def _settle_tx(self, conn: Connection, outcomes: list[tuple[Claim, str | None]]) -> None:
         now = self._clock.now_us()
@@ -585,14 +592,18 @@ def _find_channel(conn: Connection, ref: str) -> Any:
     return row
 
 
-async def resolves_private(url: str) -> bool:
-    """Whether any address the URL's host resolves to is private (an unresolvable host is refused too)."""
+async def private_address_problem(url: str) -> str | None:
+    """Why the server must not call this URL's host (it is, or resolves to, a private, loopback or
+    link-local address, or does not resolve), or None."""
     parts = urlsplit(url)
     host = parts.hostname or ""
     if is_private_address(host):
-        return True
+        return f"{host} is a private, loopback or link-local address"
     try:
         infos = await asyncio.get_running_loop().getaddrinfo(host, parts.port or 443, type=socket.SOCK_STREAM)
     except OSError:
-        return True
-    return any(is_private_address(str(info[4][0])) for info in infos)
+        return f"{host} does not resolve"
+    for info in infos:
+        if is_private_address(str(info[4][0])):
+            return f"{host} resolves to {info[4][0]}, a private, loopback or link-local address"
+    return None

@@ -111,6 +111,10 @@ async def test_configs_are_created_read_listed_and_deleted(fleet: FleetServer):
         await claim(agent, task.id)
         await call(agent, "task_complete", task_id=task.id, result={"ok": True})
         await first.wait_for(2)
+    async with fleet.mcp() as admin:
+        trail = await call(admin, "audit_query", subject=task.id)
+    actions = [e["action"] for e in trail["entries"] if e["action"].startswith("a2a_push_config.")]
+    assert actions == ["a2a_push_config.delete", "a2a_push_config.create", "a2a_push_config.create"]
     assert (made.id, made.url, got.token) == ("one", first.url, "t1")
     assert sorted(c.id for c in listed.configs) == ["one", "two"]
     assert [c.id for c in after.configs] == ["one"]

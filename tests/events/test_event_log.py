@@ -47,7 +47,9 @@ async def test_wait_returns_as_soon_as_a_matching_event_commits(connect):
         result: dict = {}
 
         async def follow() -> None:
-            result.update(await call(admin, "event_list", types=["task.cancelled"], after_cursor=head, wait_s=30))
+            result.update(
+                await call(admin, "event_list", types=["task.cancelled"], after_cursor=head, wait_s=30)
+            )
 
         async with anyio.create_task_group() as group:
             group.start_soon(follow)
