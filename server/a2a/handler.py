@@ -246,7 +246,7 @@ class FleetRequestHandler(RequestHandler):
             await self._check_push(config)
         task, view = await self._accept(principal, params.message)
         if wants_push and view is not None:
-            await self._push(principal, task.id, config)
+            await self._push(principal, task.id, config, with_message=not params.message.task_id)
         return task, view
 
     async def _skill(self, context: ServerCallContext, message: Message, skill: str) -> Message:
@@ -372,7 +372,9 @@ class FleetRequestHandler(RequestHandler):
     # Configs live in the store (services.a2a_push) and are delivered by the notification loop on
     # any replica. Registering one makes the server call a URL, so it takes the right to create
     # A2A tasks, on one's own task only.
-    async def _push(self, principal: Principal, task_id: str, config: TaskPushNotificationConfig) -> PushConfig:
+    async def _push(
+        self, principal: Principal, task_id: str, config: TaskPushNotificationConfig, with_message: bool = False
+    ) -> PushConfig:
         auth = config.authentication if config.HasField("authentication") else None
         pushed = PushConfig(
             task_id=task_id,
@@ -383,7 +385,7 @@ class FleetRequestHandler(RequestHandler):
             auth_credentials=(auth.credentials or None) if auth is not None else None,
         )
         try:
-            return await self._services.a2a_push.set(principal, pushed)
+            return await self._services.a2a_push.set(principal, pushed, from_submission=with_message)
         except NotFound as exc:
             raise TaskNotFoundError(message=f"no task {task_id}") from exc
         except InvalidInput as exc:

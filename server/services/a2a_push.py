@@ -23,11 +23,12 @@ from server.domain.principal import Principal
 from server.domain.storable import scrubbed
 from server.errors import InvalidInput, NotFound
 from server.services import audit
+from server.services.events.log import encode_cursor
 from server.services.notifications import ChannelSpec, new_channel_row, private_address_problem
 from server.settings import Settings
 from server.store.database import Database
 from server.store.tables import a2a_push_configs as configs
-from server.store.tables import a2a_tasks
+from server.store.tables import a2a_tasks, event_log
 from server.store.tables import notification_channels as channels
 from server.store.tables import notification_deliveries as deliveries
 
@@ -78,11 +79,13 @@ class A2APushService:
                 "addresses (AGENTFLEET_PUSH_ALLOW_PRIVATE=true allows others)"
             )
 
-    async def set(self, principal: Principal, config: PushConfig) -> PushConfig:
+    async def set(self, principal: Principal, config: PushConfig, from_submission: bool = False) -> PushConfig:
+        """from_submission: the config came with the message that made the task, so it gets every
+        change after the submission, even one made before this call (an agent may claim at once)."""
         await self.check(config)
-        return await self._db.write(self._set_tx, principal, config)
+        return await self._db.write(self._set_tx, principal, config, from_submission)
 
-    def _set_tx(self, conn: Connection, principal: Principal, config: PushConfig) -> PushConfig:
+    def _set_tx(self, conn: Connection, principal: Principal, config: PushConfig, from_submission: bool) -> PushConfig:
         _own_task(conn, principal, config.task_id)
         now = self._clock.now_us()
         values = {
@@ -108,7 +111,8 @@ class A2APushService:
             filter=None,
             max_attempts=5,
         )
-        channel = new_channel_row(conn, spec, principal.id, now, subject=config.task_id)
+        start = _submission_cursor(conn, config.task_id) if from_submission else None
+        channel = new_channel_row(conn, spec, principal.id, now, subject=config.task_id, cursor=start)
         conn.execute(
             configs.insert().values(
                 task_id=config.task_id,
@@ -156,3 +160,9 @@ def _own_task(conn: Connection, principal: Principal, task_id: str) -> None:
     owner = conn.execute(select(a2a_tasks.c.owner).where(a2a_tasks.c.id == task_id)).scalar()
     if owner is None or not (principal.is_admin or owner == principal.id):
         raise NotFound(f"no task {task_id}")
+
+
+def _submission_cursor(conn: Connection, task_id: str) -> str | None:
+    submitted = (event_log.c.subject == task_id, event_log.c.type == "task.submitted")
+    row = conn.execute(select(event_log.c.tx, event_log.c.seq).where(*submitted).limit(1)).first()
+    return None if row is None else encode_cursor(row.tx, row.seq)

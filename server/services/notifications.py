@@ -167,9 +167,15 @@ def _channel_view(row: Any, counts: dict[str, int] | None = None) -> ChannelView
 
 
 def new_channel_row(
-    conn: Connection, spec: ChannelSpec, created_by: str, now: int, subject: str | None = None
+    conn: Connection,
+    spec: ChannelSpec,
+    created_by: str,
+    now: int,
+    subject: str | None = None,
+    cursor: str | None = None,
 ) -> dict[str, Any]:
-    """Insert a channel that starts at the log's head: it gets the events from its creation on."""
+    """Insert a channel that starts at the log's head (or after `cursor`): it gets the events from
+    its creation on."""
     row = {
         "id": new_id(CHANNEL),
         "name": spec.name,
@@ -179,7 +185,7 @@ def new_channel_row(
         "event_types": list(spec.event_types),
         "filter": spec.filter,
         "max_attempts": spec.max_attempts,
-        "cursor": newest_cursor(conn),
+        "cursor": cursor or newest_cursor(conn),
         "created_by": created_by,
         "created_at": now,
         "subject": subject,
