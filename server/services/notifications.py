@@ -19,6 +19,7 @@ Delivery never runs inside the transaction that made the event: the loop reads t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 from dataclasses import dataclass
@@ -77,6 +78,7 @@ QUEUE_BATCH = 500
 END = "f" * 32  # a cursor past every event: a channel there follows the log no more
 A2A_FINAL = frozenset({"task.completed", "task.failed", "task.dead", "task.cancelled"})
 DELIVER_BATCH = 50
+DELIVER_ROUNDS = 20  # then the loop queues new events before delivering more
 LEASE_MARGIN_S = 5.0
 MAX_ERROR = 500
 ERROR_BODY_BYTES = 200
@@ -412,23 +414,27 @@ class NotificationService:
 
     # -- delivering -------------------------------------------------------------------------
     async def deliver_due(self, client: httpx.AsyncClient | None = None) -> int:
-        """One pass: claim each channel's oldest pending delivery that is due, send them all at
-        once, record each outcome. How many were attempted."""
-        claims = await self._db.write(self._claim_tx, DELIVER_BATCH)
-        if not claims:
-            return 0
-        if client is None:
-            async with httpx.AsyncClient() as own:
-                outcomes = await asyncio.gather(*(self._send(own, claim) for claim in claims))
-        else:
-            outcomes = await asyncio.gather(*(self._send(client, claim) for claim in claims))
-        await self._db.write(self._settle_tx, list(zip(claims, outcomes, strict=True)))
-        return len(claims)
+        """Claim each channel's oldest pending delivery that is due, send them all at once, record
+        each outcome and, in the same transaction, claim what is due next (a channel's backlog goes
+        out one transaction per event), for up to DELIVER_ROUNDS rounds. How many were attempted."""
+        claims = await self._db.write(self._claim_tx)
+        attempted = 0
+        rounds = DELIVER_ROUNDS
+        async with contextlib.AsyncExitStack() as stack:
+            if client is None and claims:
+                client = await stack.enter_async_context(httpx.AsyncClient())
+            while claims:
+                assert client is not None
+                outcomes = await asyncio.gather(*(self._send(client, claim) for claim in claims))
+                attempted += len(claims)
+                rounds -= 1
+                claims = await self._db.write(self._settle_tx, list(zip(claims, outcomes, strict=True)), rounds > 0)
+        return attempted
 
     def _lease_us(self) -> int:
         return int((self._settings.notify_timeout_s + LEASE_MARGIN_S) * 1_000_000)
 
-    def _claim_tx(self, conn: Connection, limit: int) -> list[Claim]:
+    def _claim_tx(self, conn: Connection, limit: int = DELIVER_BATCH) -> list[Claim]:
         now = self._clock.now_us()
         oldest = deliveries.alias("oldest")
         first_pending = (
@@ -533,7 +539,7 @@ class NotificationService:
         text = said[:ERROR_BODY_BYTES].decode("utf-8", "replace")
         return f"HTTP {response.status_code}: {text}"[:MAX_ERROR]
 
-    def _settle_tx(self, conn: Connection, outcomes: list[tuple[Claim, str | None]]) -> None:
+    def _settle_tx(self, conn: Connection, outcomes: list[tuple[Claim, str | None]], claim_next: bool) -> list[Claim]:
         now = self._clock.now_us()
         for claim, error in outcomes:
             attempts = claim.attempts + 1
@@ -558,6 +564,7 @@ class NotificationService:
                 log.info(
                     "delivery %s to channel %s failed (attempt %d): %s", claim.id, claim.channel_id, attempts, error
                 )
+        return self._claim_tx(conn) if claim_next else []
 
     # -- the loop ---------------------------------------------------------------------------
     async def run(self) -> None:
