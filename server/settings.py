@@ -69,6 +69,8 @@ class Settings:
     notify_poll_s: float = 1.0
     notify_backoff_base_ms: int = 1000
     notify_backoff_cap_ms: int = 300_000
+    # Delivered and dead deliveries are kept this long (for notification_deliveries), then dropped.
+    notify_keep_s: int = 7 * 86_400
     # A2A push URLs are registered by peers: refuse private, loopback and link-local addresses
     # unless this is set (a fleet whose A2A clients live on its own network, or tests).
     push_allow_private: bool = False
@@ -155,6 +157,7 @@ def load_settings(env: Mapping[str, str] | None = None, **flags: Any) -> Setting
         notify_poll_s=_float(env, "NOTIFY_POLL_S", 1.0),
         notify_backoff_base_ms=_int(env, "NOTIFY_BACKOFF_BASE_MS", 1000),
         notify_backoff_cap_ms=_int(env, "NOTIFY_BACKOFF_CAP_MS", 300_000),
+        notify_keep_s=_int(env, "NOTIFY_KEEP_S", 7 * 86_400),
         push_allow_private=_choice(env, "PUSH_ALLOW_PRIVATE", "false", ("true", "false")) == "true",
     )
     if from_env.rate_limit_burst < 1:

@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+import time
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -29,6 +30,7 @@ from urllib.parse import urlsplit
 import httpx
 from pydantic import BaseModel, Field
 from sqlalchemy import Connection, delete, func, or_, select, update
+from sqlalchemy.exc import IntegrityError
 
 from server import __version__
 from server.clock import Clock, to_iso
@@ -78,6 +80,7 @@ QUEUE_BATCH = 500
 END = "f" * 32  # a cursor past every event: a channel there follows the log no more
 A2A_FINAL = frozenset({"task.completed", "task.failed", "task.dead", "task.cancelled"})
 DELIVER_BATCH = 50
+PRUNE_EVERY_S = 60.0
 DELIVER_ROUNDS = 20  # then the loop queues new events before delivering more
 LEASE_MARGIN_S = 5.0
 MAX_ERROR = 500
@@ -239,7 +242,10 @@ class NotificationService:
         if spec.kind not in (ChannelKind.WEBHOOK, ChannelKind.SLACK):
             raise InvalidInput("kind must be webhook or slack")
         checked = check_spec(spec)
-        return await self._db.write(self._create_tx, principal, checked)
+        try:
+            return await self._db.write(self._create_tx, principal, checked)
+        except IntegrityError as exc:  # made at the same moment elsewhere
+            raise Conflict(f"a channel named {spec.name!r} exists; delete it first or pick another name") from exc
 
     def _create_tx(self, conn: Connection, principal: Principal, spec: ChannelSpec) -> ChannelView:
         now = self._clock.now_us()
@@ -566,19 +572,34 @@ class NotificationService:
                 )
         return self._claim_tx(conn) if claim_next else []
 
+    # -- retention --------------------------------------------------------------------------
+    async def prune(self) -> int:
+        """Forget delivered and dead deliveries older than AGENTFLEET_NOTIFY_KEEP_S; pending ones stay."""
+        return await self._db.write(self._prune_tx)
+
+    def _prune_tx(self, conn: Connection) -> int:
+        cutoff = self._clock.now_us() - self._settings.notify_keep_s * 1_000_000
+        finished = deliveries.c.status.in_([DeliveryStatus.DELIVERED.value, DeliveryStatus.DEAD.value])
+        return int(conn.execute(delete(deliveries).where(finished, deliveries.c.created_at < cutoff)).rowcount)
+
     # -- the loop ---------------------------------------------------------------------------
     async def run(self) -> None:
         """Queue and deliver until the server stops; woken by new events, and on a timer for
         retries that come due."""
+        pruned_at = 0.0
         async with httpx.AsyncClient() as client:
             while not self._bus.closed:
                 try:
+                    if time.monotonic() - pruned_at >= PRUNE_EVERY_S:
+                        await self.prune()
+                        pruned_at = time.monotonic()
                     worked = await self.queue() + await self.deliver_due(client)
+                    idle_s = 0.0 if worked else await self._idle_s()
                 except FleetError as exc:  # the store is unreachable: try again shortly
                     log.warning("notification delivery paused: %s", exc)
-                    worked = 0
-                if not worked:
-                    await self._bus.wait(await self._idle_s())
+                    idle_s = self._settings.notify_poll_s
+                if idle_s:
+                    await self._bus.wait(idle_s)
 
     async def _idle_s(self) -> float:
         """How long to wait for a wake-up: the poll interval, or less when a retry comes due sooner."""

@@ -288,3 +288,23 @@ def test_a_workflow_refuses_the_trigger_and_filter_roots(placeholder):
     definition = {"name": "w", "steps": [{"id": "a", "task": {"type": "t", "payload": {"x": placeholder}}}]}
     with pytest.raises(InvalidInput, match="for triggers"):
         parse_definition(definition)
+
+
+async def test_finished_deliveries_are_kept_a_week_then_dropped(fake_connect, fake_time_services, clock):
+    services = fake_time_services
+    async with receiver(answers=[500]) as hook, fake_connect() as admin:
+        await call(
+            admin, "notification_channel_create", name="keep", url=hook.url, event_types=["task.*"], max_attempts=1
+        )
+        await call(admin, "task_submit", type="dies")  # its delivery answers 500: dead at once
+        await call(admin, "task_submit", type="lands")
+        await deliver_all(services)
+        clock.advance(6 * 86_400)
+        assert await services.notifications.prune() == 0
+        clock.advance(2 * 86_400)
+        await call(admin, "task_submit", type="late")  # queued now, not yet sent: pending
+        await log_readable(services)
+        await services.notifications.queue()
+        assert await services.notifications.prune() == 2
+        left = (await call(admin, "notification_deliveries"))["deliveries"]
+    assert [(d["status"], d["event_type"]) for d in left] == [("pending", "task.submitted")]
