@@ -196,7 +196,7 @@ async def test_two_replicas_queue_and_send_each_event_once(connect, services):
 
 
 async def test_an_unreachable_url_is_retried_with_the_network_error(fake_connect, fake_time_services):
-    from tests.serving import free_port
+    from tests.events.receiver import free_port
 
     async with fake_connect() as admin:
         url = f"http://127.0.0.1:{free_port()}/nobody-listens"
