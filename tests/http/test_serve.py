@@ -57,6 +57,10 @@ CONTRACT_TOOLS = ISSUE_2_TOOLS | {
     "approval_list",
     "approval_decide",
     "audit_query",
+    "notification_channel_create",
+    "notification_channel_list",
+    "notification_channel_delete",
+    "notification_deliveries",
     # Issue 9 asks for admin-only token tools the contract does not name; README's changelog lists them.
     "token_create",
     "token_list",
@@ -76,6 +80,8 @@ READ_ONLY_TOOLS = {
     "approval_list",
     "audit_query",
     "token_list",
+    "notification_channel_list",
+    "notification_deliveries",
 }
 DESTRUCTIVE_ISSUE_2_TOOLS = {"agent_terminate", "task_cancel"}
 PROTOCOL_OF_MODE = {"auto": "2026-07-28", "legacy": "2025-11-25"}
