@@ -64,6 +64,17 @@ class Settings:
     # How process agents are sandboxed: landlock (required; an agent does not start without it) or
     # none (they run with this server's user's full access: for development on a system without it).
     agent_confinement: str = "landlock"
+    # Notification deliveries: how long one POST may take, how often the loop looks without a
+    # wake-up, and the retry backoff (exponential with full jitter, from base up to cap).
+    notify_timeout_s: float = 10.0
+    notify_poll_s: float = 1.0
+    notify_backoff_base_ms: int = 1000
+    notify_backoff_cap_ms: int = 300_000
+    # Delivered and dead deliveries are kept this long (for notification_deliveries), then dropped.
+    notify_keep_s: int = 7 * 86_400
+    # A2A push URLs are registered by peers: refuse private, loopback and link-local addresses
+    # unless this is set (a fleet whose A2A clients live on its own network, or tests).
+    push_allow_private: bool = False
 
     @property
     def resolved_database_url(self) -> str:
@@ -144,6 +155,12 @@ def load_settings(env: Mapping[str, str] | None = None, **flags: Any) -> Setting
         supervisor_interval_s=_float(env, "SUPERVISOR_INTERVAL_S", 0.5),
         a2a_block_s=_float(env, "A2A_BLOCK_S", 3.0),
         agent_confinement=_choice(env, "AGENT_CONFINEMENT", "landlock", ("landlock", "none")),
+        notify_timeout_s=_float(env, "NOTIFY_TIMEOUT_S", 10.0),
+        notify_poll_s=_float(env, "NOTIFY_POLL_S", 1.0),
+        notify_backoff_base_ms=_int(env, "NOTIFY_BACKOFF_BASE_MS", 1000),
+        notify_backoff_cap_ms=_int(env, "NOTIFY_BACKOFF_CAP_MS", 300_000),
+        notify_keep_s=_int(env, "NOTIFY_KEEP_S", 7 * 86_400),
+        push_allow_private=_choice(env, "PUSH_ALLOW_PRIVATE", "false", ("true", "false")) == "true",
     )
     if from_env.rate_limit_burst < 1:
         raise InvalidInput(f"{ENV_PREFIX}RATE_LIMIT_BURST must be at least 1, got {from_env.rate_limit_burst}")
@@ -153,6 +170,10 @@ def load_settings(env: Mapping[str, str] | None = None, **flags: Any) -> Setting
         raise InvalidInput(f"{ENV_PREFIX}MAX_AGENTS must be at least 1, got {from_env.max_agents}")
     if from_env.agent_log_max_bytes < 4096:
         raise InvalidInput(f"{ENV_PREFIX}AGENT_LOG_BYTES must be at least 4096, got {from_env.agent_log_max_bytes}")
+    if from_env.notify_backoff_base_ms < 1 or from_env.notify_backoff_cap_ms < from_env.notify_backoff_base_ms:
+        raise InvalidInput(
+            f"{ENV_PREFIX}NOTIFY_BACKOFF_BASE_MS must be at least 1 and {ENV_PREFIX}NOTIFY_BACKOFF_CAP_MS at least it"
+        )
     if from_env.approval_timeout_s < 1:
         raise InvalidInput(f"{ENV_PREFIX}APPROVAL_TIMEOUT_S must be positive, got {from_env.approval_timeout_s}")
     for folder in ("data_dir", "profiles_dir"):  # flags arrive as text

@@ -11,7 +11,20 @@ from mcp.server.mcpserver import MCPServer, RequestStateSecurity
 from server import __version__
 from server.metrics import Metrics
 from server.services.container import Services
-from tools import agents, budgets, events, fleet, governance, locks, messages, resources, tasks, triggers, workflows
+from tools import (
+    agents,
+    budgets,
+    events,
+    fleet,
+    governance,
+    locks,
+    messages,
+    notifications,
+    resources,
+    tasks,
+    triggers,
+    workflows,
+)
 from tools.context import AppState
 from tools.server import FleetMCPServer
 
@@ -53,6 +66,7 @@ def build_mcp(
         state=state,
         request_state_security=_shared_state_key(services),
     )
-    for area in (fleet, agents, tasks, locks, budgets, workflows, governance, resources, events, triggers, messages):
+    areas = (fleet, agents, tasks, locks, budgets, workflows, governance, resources, events, triggers, messages)
+    for area in (*areas, notifications):
         area.register(mcp)
     return mcp

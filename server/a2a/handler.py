@@ -16,8 +16,13 @@ from a2a.server.events import Event
 from a2a.server.request_handlers.request_handler import RequestHandler, validate_request_params
 from a2a.types import (
     AgentCard,
+    AuthenticationInfo,
     CancelTaskRequest,
+    DeleteTaskPushNotificationConfigRequest,
+    GetTaskPushNotificationConfigRequest,
     GetTaskRequest,
+    ListTaskPushNotificationConfigsRequest,
+    ListTaskPushNotificationConfigsResponse,
     ListTasksRequest,
     ListTasksResponse,
     Message,
@@ -26,6 +31,7 @@ from a2a.types import (
     SubscribeToTaskRequest,
     Task,
     TaskArtifactUpdateEvent,
+    TaskPushNotificationConfig,
     TaskState,
     TaskStatus,
     TaskStatusUpdateEvent,
@@ -33,7 +39,6 @@ from a2a.types import (
 from a2a.utils.errors import (
     InvalidParamsError,
     InvalidRequestError,
-    PushNotificationNotSupportedError,
     TaskNotCancelableError,
     TaskNotFoundError,
     UnsupportedOperationError,
@@ -61,6 +66,7 @@ from server.domain.storable import require_storable
 from server.domain.views import TaskView
 from server.errors import Conflict, FleetError, InvalidInput, NotFound, Refusal
 from server.ids import MESSAGE, TASK, new_id
+from server.services.a2a_push import PushConfig
 from server.services.a2a_records import RecordQuery
 from server.services.container import Services
 
@@ -231,6 +237,18 @@ class FleetRequestHandler(RequestHandler):
         await self._services.a2a_records.save(principal, task.id, task.context_id, task.SerializeToString())
         return task, view
 
+    async def _accept_with_push(self, principal: Principal, params: SendMessageRequest) -> tuple[Task, TaskView | None]:
+        """Accept the message; a push config sent with it is checked first and registered on the
+        task it made (a rejected task gets none: nothing more will happen to it)."""
+        config = params.configuration.task_push_notification_config
+        wants_push = params.configuration.HasField("task_push_notification_config")
+        if wants_push:
+            await self._check_push(config)
+        task, view = await self._accept(principal, params.message)
+        if wants_push and view is not None:
+            await self._push(principal, task.id, config, with_message=not params.message.task_id)
+        return task, view
+
     async def _skill(self, context: ServerCallContext, message: Message, skill: str) -> Message:
         """The skills that answer at once, with a Message: fleet status, and starting a workflow."""
         context_id = message.context_id or new_id(MESSAGE)
@@ -252,7 +270,7 @@ class FleetRequestHandler(RequestHandler):
             return await self._skill(context, params.message, skill)
         principal = await self._admit(context, A2A_SEND, params.message.task_id)
         validate_history_length(params.configuration)
-        task, view = await self._accept(principal, params.message)
+        task, view = await self._accept_with_push(principal, params)
         if view is not None and not params.configuration.return_immediately:
             task = await self._settled(principal, task, view)
         return apply_history_length(task, params.configuration)
@@ -283,7 +301,7 @@ class FleetRequestHandler(RequestHandler):
             return
         principal = await self._admit(context, A2A_SEND, params.message.task_id)
         validate_history_length(params.configuration)
-        task, view = await self._accept(principal, params.message)
+        task, view = await self._accept_with_push(principal, params)
         yield apply_history_length(task, params.configuration)
         if view is not None:
             async for event in self._transitions(principal, task, view):
@@ -350,18 +368,83 @@ class FleetRequestHandler(RequestHandler):
             raise InvalidRequestError(message=str(exc)) from exc
         return mirror(task, view)
 
+    # -- push notifications ----------------------------------------------------------------------
+    # Configs live in the store (services.a2a_push) and are delivered by the notification loop on
+    # any replica. Registering one makes the server call a URL, so it takes the right to create
+    # A2A tasks, on one's own task only.
+    async def _push(
+        self, principal: Principal, task_id: str, config: TaskPushNotificationConfig, with_message: bool = False
+    ) -> PushConfig:
+        auth = config.authentication if config.HasField("authentication") else None
+        pushed = PushConfig(
+            task_id=task_id,
+            id=config.id or task_id,
+            url=config.url,
+            token=config.token or None,
+            auth_scheme=(auth.scheme or None) if auth is not None else None,
+            auth_credentials=(auth.credentials or None) if auth is not None else None,
+        )
+        try:
+            return await self._services.a2a_push.set(principal, pushed, from_submission=with_message)
+        except NotFound as exc:
+            raise TaskNotFoundError(message=f"no task {task_id}") from exc
+        except InvalidInput as exc:
+            raise InvalidParamsError(message=str(exc)) from exc
+
+    async def _check_push(self, config: TaskPushNotificationConfig) -> None:
+        """A push config sent with a message is checked before the message queues anything."""
+        try:
+            await self._services.a2a_push.check(PushConfig("", config.id or "x", config.url, None, None, None))
+        except InvalidInput as exc:
+            raise InvalidParamsError(message=str(exc)) from exc
+
+    @validate_request_params
+    async def on_create_task_push_notification_config(
+        self, params: TaskPushNotificationConfig, context: ServerCallContext
+    ) -> TaskPushNotificationConfig:
+        principal = await self._admit(context, A2A_SEND, params.task_id)
+        return _push_config(await self._push(principal, params.task_id, params))
+
+    @validate_request_params
+    async def on_get_task_push_notification_config(
+        self, params: GetTaskPushNotificationConfigRequest, context: ServerCallContext
+    ) -> TaskPushNotificationConfig:
+        principal = await self._admit(context, A2A_READ, params.task_id)
+        try:
+            return _push_config(await self._services.a2a_push.get(principal, params.task_id, params.id))
+        except NotFound as exc:
+            raise TaskNotFoundError(message=str(exc)) from exc
+
+    @validate_request_params
+    async def on_list_task_push_notification_configs(
+        self, params: ListTaskPushNotificationConfigsRequest, context: ServerCallContext
+    ) -> ListTaskPushNotificationConfigsResponse:
+        principal = await self._admit(context, A2A_READ, params.task_id)
+        try:
+            found = await self._services.a2a_push.list(principal, params.task_id)
+        except NotFound as exc:
+            raise TaskNotFoundError(message=str(exc)) from exc
+        return ListTaskPushNotificationConfigsResponse(configs=[_push_config(c) for c in found])
+
+    @validate_request_params
+    async def on_delete_task_push_notification_config(
+        self, params: DeleteTaskPushNotificationConfigRequest, context: ServerCallContext
+    ) -> None:
+        principal = await self._admit(context, A2A_SEND, params.task_id)
+        try:
+            await self._services.a2a_push.delete(principal, params.task_id, params.id)
+        except NotFound as exc:
+            raise TaskNotFoundError(message=str(exc)) from exc
+
     # -- not offered ---------------------------------------------------------------------------
-    async def on_create_task_push_notification_config(self, params: Any, context: ServerCallContext) -> Any:
-        raise PushNotificationNotSupportedError
-
-    async def on_get_task_push_notification_config(self, params: Any, context: ServerCallContext) -> Any:
-        raise PushNotificationNotSupportedError
-
-    async def on_list_task_push_notification_configs(self, params: Any, context: ServerCallContext) -> Any:
-        raise PushNotificationNotSupportedError
-
-    async def on_delete_task_push_notification_config(self, params: Any, context: ServerCallContext) -> None:
-        raise PushNotificationNotSupportedError
-
     async def on_get_extended_agent_card(self, params: Any, context: ServerCallContext) -> AgentCard:
         raise UnsupportedOperationError(message="this agent has no extended card; the public card is complete")
+
+
+def _push_config(config: PushConfig) -> TaskPushNotificationConfig:
+    made = TaskPushNotificationConfig(id=config.id, task_id=config.task_id, url=config.url, token=config.token or "")
+    if config.auth_scheme:
+        made.authentication.CopyFrom(
+            AuthenticationInfo(scheme=config.auth_scheme, credentials=config.auth_credentials or "")
+        )
+    return made

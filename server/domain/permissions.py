@@ -75,6 +75,11 @@ TOOL_ROLES: dict[str, frozenset[Role]] = {
     "trigger_update": RUNS_WORK,
     "trigger_delete": RUNS_WORK,
     "trigger_fire": RUNS_WORK,
+    # Outbound URLs are the admin's to configure: no agent can make the server call an address.
+    "notification_channel_create": ADMIN_ONLY,
+    "notification_channel_list": STAFF,
+    "notification_channel_delete": ADMIN_ONLY,
+    "notification_deliveries": STAFF,
 }
 
 # Tools an agent may call only when its profile's permissions.tools names them (a profile without

@@ -1,6 +1,6 @@
 """Background work every replica runs: the lease reaper (task and lock leases), cross-replica
-wake-ups and, on a server that serves HTTP, the supervisor of its process agents and the runtime
-of its a2a agents."""
+wake-ups, notification deliveries and, on a server that serves HTTP, the supervisor of its
+process agents and the runtime of its a2a agents."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ async def background_loops(services: Services, supervise: bool = False) -> Async
     async with anyio.create_task_group() as group:
         group.start_soon(run_reaper, services)
         group.start_soon(run_triggers, services)
+        group.start_soon(services.notifications.run)
         if services.db.dialect == "postgresql":
             group.start_soon(listen_for_wakeups, services)
         if supervise:

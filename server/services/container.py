@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from server.clock import Clock, SystemClock
 from server.domain.approval import Decision
+from server.services.a2a_push import A2APushService
 from server.services.a2a_records import A2ARecordService
 from server.services.access import AccessPolicy
 from server.services.admin_identity import claim_admin_identity
@@ -17,6 +18,7 @@ from server.services.auth import Authenticator
 from server.services.autoscaling import AutoscaleService
 from server.services.budgets import BudgetService
 from server.services.events.log import EventBus
+from server.services.events.notifications import NotificationService
 from server.services.events.service import EventService
 from server.services.events.trigger_loop import TriggerRunner
 from server.services.events.triggers import TriggerService
@@ -77,6 +79,8 @@ class Services:
     wakeups: EventWakeups
     waits: WaitService
     messages: MessageService
+    notifications: NotificationService
+    a2a_push: A2APushService
 
     def release_waiters(self) -> None:
         """Every parked claim, lock wait and stream returns now: the server is stopping."""
@@ -169,4 +173,6 @@ def build_services(
         wakeups=wakeups,
         waits=WaitService(tasks, workflows, task_changes, settings.claim_recheck_s),
         messages=MessageService(db, clock, RecipientResolver(access), task_changes),
+        notifications=NotificationService(db, clock, event_bus, settings),
+        a2a_push=A2APushService(db, clock, settings),
     )

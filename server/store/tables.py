@@ -614,6 +614,8 @@ notification_channels = Table(
     Column("cursor", String(40), nullable=False),
     Column("created_by", String(60), nullable=False),
     Column("created_at", BigInteger, nullable=False),
+    # Only events about this id (an A2A push config follows its task); None: any subject.
+    Column("subject", String(40), nullable=True),
     CheckConstraint("kind IN ('webhook', 'slack', 'a2a')", name="kind"),
 )
 
@@ -634,9 +636,34 @@ notification_deliveries = Table(
     Column("last_error", Text, nullable=True),
     Column("created_at", BigInteger, nullable=False),
     Column("delivered_at", BigInteger, nullable=True),
+    # The event's place in the log (its cursor): a channel's deliveries go out in this order.
+    Column("event_cursor", String(32), nullable=False, server_default=""),
+    Column("event_type", String(60), nullable=False, server_default=""),
     CheckConstraint("status IN ('pending', 'delivered', 'dead')", name="status"),
     UniqueConstraint("channel_id", "event_id", name="uq_orch_notification_deliveries_channel_id_event_id"),
-    Index("ix_orch_notification_deliveries_channel_id_status", "channel_id", "status", "created_at"),
+    Index("ix_orch_notification_deliveries_channel_id_status", "channel_id", "status", "event_cursor"),
+)
+
+# A2A push notification configs (CreateTaskPushNotificationConfig): each is delivered by a
+# channel of kind a2a that follows its task's events, so any replica's delivery loop sends it.
+a2a_push_configs = Table(
+    "orch_a2a_push_configs",
+    metadata,
+    Column("task_id", String(ID), primary_key=True),
+    Column("id", String(64), primary_key=True),
+    Column("owner", String(60), nullable=False),
+    Column("url", String(2000), nullable=False),
+    Column("token", String(500), nullable=True),
+    Column("auth_scheme", String(40), nullable=True),
+    Column("auth_credentials", String(2000), nullable=True),
+    Column(
+        "channel_id",
+        String(ID),
+        ForeignKey("orch_notification_channels.id", ondelete="CASCADE"),
+        nullable=False,
+        unique=True,
+    ),
+    Column("created_at", BigInteger, nullable=False),
 )
 
 # Messages between agents and people. A message is stored once; each recipient has an inbox row,

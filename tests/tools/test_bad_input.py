@@ -258,6 +258,17 @@ BAD_CALLS: list[tuple[str, dict[str, Any], str]] = [
     ("trigger_update", {"trigger": "nope", "enabled": False}, "not_found"),
     ("trigger_delete", {"trigger": "nope"}, "not_found"),
     ("trigger_fire", {"trigger": "nope"}, "not_found"),
+    ("notification_channel_create", {"name": "n", "url": "ftp://x/y", "event_types": ["task.dead"]}, "invalid_input"),
+    ("notification_channel_create", {"name": "n", "url": "https://x/y", "event_types": ["nope.*"]}, "invalid_input"),
+    (
+        "notification_channel_create",
+        {"name": "n", "url": "https://x/y", "event_types": ["*"], "filter": "steps.a.status == 'x'"},
+        "invalid_input",
+    ),
+    ("notification_channel_list", {"all": True}, "invalid_input"),
+    ("notification_channel_delete", {"channel": "no-such-channel"}, "not_found"),
+    ("notification_deliveries", {"status": "lost"}, "invalid_input"),
+    ("notification_deliveries", {"channel": "no-such-channel"}, "not_found"),
     ("no_such_tool", {}, "not_found"),
 ]
 

@@ -105,6 +105,10 @@ KEY_EXPECTATIONS: list[tuple[Role, str, bool]] = [
     (Role.VIEWER, "lock_list", True),
     (Role.OPERATOR, "token_create", False),
     (Role.OPERATOR, "token_rotate", False),
+    (Role.AGENT, "notification_channel_create", False),
+    (Role.OPERATOR, "notification_channel_create", False),
+    (Role.OPERATOR, "notification_deliveries", True),
+    (Role.VIEWER, "notification_channel_list", False),
     (Role.OPERATOR, "resource_set", False),
     (Role.OPERATOR, "budget_reserve", False),
     (Role.OPERATOR, "task_cancel", True),
@@ -310,6 +314,16 @@ async def _token_ref(f: Fleet, ok: bool) -> dict[str, Any]:
     return {"token": fresh["details"]["name"]}
 
 
+def _channel(f: Fleet) -> dict[str, Any]:
+    return {"name": f.unique("walk-"), "url": "https://hooks.example.com/fleet", "event_types": ["task.dead"]}
+
+
+async def _channel_delete(f: Fleet, ok: bool) -> dict[str, Any]:
+    if not ok:
+        return {"channel": "bystander"}
+    return {"channel": (await call(f.admin, "notification_channel_create", **_channel(f)))["id"]}
+
+
 def _workflow(f: Fleet) -> dict[str, Any]:
     return {"name": f.unique("walk-"), "steps": [{"id": "a", "task": {"type": "build", "not_before": later()}}]}
 
@@ -420,6 +434,10 @@ ARGUMENTS: dict[str, Arguments] = {
     "message_search": _fixed(query="hello"),
     "topic_subscribe": _fixed(topic="releases"),
     "topic_unsubscribe": _fixed(topic="releases"),
+    "notification_channel_create": _with(_channel),
+    "notification_channel_list": _fixed(),
+    "notification_channel_delete": _channel_delete,
+    "notification_deliveries": _fixed(),
 }
 
 

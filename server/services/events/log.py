@@ -259,6 +259,17 @@ def head_cursor(conn: Connection) -> str:
     return START if row is None else encode_cursor(row.tx, row.seq)
 
 
+def newest_cursor(conn: Connection) -> str:
+    """The cursor of the newest event committed before this statement: where something that wants
+    only events from now on starts. Not `head_cursor`: on PostgreSQL the readable head waits for the
+    oldest write transaction running anywhere on the cluster, and starting there would replay events
+    committed before it was made."""
+    row = conn.execute(
+        select(event_log.c.tx, event_log.c.seq).order_by(event_log.c.tx.desc(), event_log.c.seq.desc()).limit(1)
+    ).first()
+    return START if row is None else encode_cursor(row.tx, row.seq)
+
+
 class EventBus:
     """In-process wake-ups for those following the log: a committed write here, or a NOTIFY from
     another replica, wakes every follower, and each reads the log from its own cursor."""

@@ -155,7 +155,7 @@ class TriggerService:
             owner=principal.id,
             owner_role=principal.role.value,
             owner_profile=principal.profile,
-            cursor=events.head_cursor(conn),
+            cursor=events.newest_cursor(conn),
             created_at=now,
             updated_at=now,
             fired=0,
@@ -207,7 +207,7 @@ class TriggerService:
         if config is not None or (enabled and not row.enabled):
             values["next_due_at"] = self._first_due(kind, spec.config, now, row.created_at)
         if enabled and not row.enabled and kind in (TriggerKind.EVENT, TriggerKind.ABSENCE):
-            values["cursor"] = events.head_cursor(conn)  # switched back on: from now, not a backlog
+            values["cursor"] = events.newest_cursor(conn)  # switched back on: from now, not a backlog
         conn.execute(update(triggers).where(triggers.c.id == row.id).values(values))
         changed = sorted(k for k, v in (("config", config), ("action", action), ("enabled", enabled)) if v is not None)
         audit.record(conn, now, principal, "trigger.update", row.id, {"changed": changed}, before=row)

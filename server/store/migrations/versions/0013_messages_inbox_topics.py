@@ -1,7 +1,7 @@
 """messages: messages, inbox rows, topic subscriptions, full-text search
 
 Revision ID: 0013
-Revises: 0012
+Revises: 0012n
 Create Date: 2026-12-05 19:20:00
 
 Search: an FTS5 table kept by triggers on SQLite (its shadow tables are not models), a GIN index on
@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0013"
-down_revision = "0012"
+down_revision = "0012n"
 branch_labels = None
 depends_on = None
 
