@@ -11,7 +11,7 @@ from mcp.server.mcpserver import MCPServer, RequestStateSecurity
 from server import __version__
 from server.metrics import Metrics
 from server.services.container import Services
-from tools import agents, budgets, fleet, governance, locks, resources, tasks, workflows
+from tools import agents, budgets, fleet, governance, locks, profiles, resources, tasks, workflows
 from tools.context import AppState
 from tools.server import FleetMCPServer
 
@@ -53,6 +53,6 @@ def build_mcp(
         state=state,
         request_state_security=_shared_state_key(services),
     )
-    for area in (fleet, agents, tasks, locks, budgets, workflows, governance, resources):
+    for area in (fleet, agents, tasks, locks, budgets, workflows, governance, profiles, resources):
         area.register(mcp)
     return mcp

@@ -13,6 +13,7 @@ EVERYONE = frozenset({_A, _O, _V, _G})
 STAFF = frozenset({_A, _O})
 RUNS_WORK = frozenset({_A, _O, _G})  # starts or stops work: not a viewer
 SPENDS = frozenset({_A, _G})  # money: an agent within its budgets, or the admin
+READERS = frozenset({_A, _O, _V})  # people and services that read the whole fleet; not agents
 AGENT_ONLY = frozenset({_G})
 ADMIN_ONLY = frozenset({_A})
 
@@ -54,6 +55,13 @@ TOOL_ROLES: dict[str, frozenset[Role]] = {
     "token_list": ADMIN_ONLY,
     "token_revoke": ADMIN_ONLY,
     "token_rotate": ADMIN_ONLY,
+    "profile_list": READERS,
+    "profile_get": READERS,
+    "profile_export": STAFF,
+    "profile_register": STAFF,  # process profiles and peer secrets: the admin only (the service checks)
+    "profile_deprecate": STAFF,
+    "profile_retire": STAFF,
+    "profile_rollout_set": STAFF,
 }
 
 # A2A operations, named by the tool they stand for.

@@ -444,3 +444,39 @@ class WorkflowTemplateView(View):
     created_at: str
     steps: list[str]
     definition: dict[str, Any]
+
+
+class ProfileView(View):
+    name: str
+    version: str
+    ref: str = Field(description="name@version, for agent_spawn(profile=…)")
+    state: str = Field(description="active, deprecated (spawned only when named exactly) or retired (no new spawns)")
+    source: str = Field(description="file (imported from a profiles folder at start) or registered (profile_register)")
+    runtime: str
+    description: str
+    created: bool | None = Field(
+        None, description="profile_register: false when this exact version was already registered with this body"
+    )
+    created_by: str
+    created_at: str
+    updated_at: str
+    definition: dict[str, Any] | None = Field(None, description="the full definition (profile_get, profile_register)")
+
+
+class RolloutView(View):
+    name: str
+    versions: dict[str, int] = Field(description="version -> percent of spawns that name no version; sums to 100")
+    previous: dict[str, int] | None = Field(description="the rollout before this one: what a rollback returns to")
+    updated_by: str
+    updated_at: str
+
+
+class ProfileList(View):
+    profiles: list[ProfileView]
+    rollouts: list[RolloutView] = Field(description="rollouts of the listed names")
+
+
+class ProfileExport(View):
+    ref: str
+    yaml: str = Field(description="the definition as YAML: a file for AGENTFLEET_PROFILES_DIR or profile_register")
+    definition: dict[str, Any]

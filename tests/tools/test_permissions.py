@@ -96,6 +96,11 @@ def later() -> str:
 
 # Hard-coded so the walk below is not only the table checking itself.
 KEY_EXPECTATIONS: list[tuple[Role, str, bool]] = [
+    (Role.AGENT, "profile_register", False),  # an agent never writes the rules it runs under
+    (Role.AGENT, "profile_rollout_set", False),
+    (Role.VIEWER, "profile_register", False),
+    (Role.OPERATOR, "profile_register", True),
+    (Role.VIEWER, "profile_list", True),
     (Role.VIEWER, "task_submit", False),
     (Role.VIEWER, "task_cancel", False),
     (Role.VIEWER, "agent_spawn", False),
@@ -319,6 +324,16 @@ def _with(build: Callable[[Fleet], dict[str, Any]]) -> Arguments:
     return arguments_for
 
 
+def _profile(f: Fleet) -> dict[str, Any]:
+    return {"name": f.unique("walk-"), "version": "1.0.0", "description": "a profile for the walk"}
+
+
+async def _registered_version(f: Fleet, ok: bool) -> dict[str, Any]:
+    """A version to deprecate or retire: a fresh one, registered by the admin."""
+    made = await call(f.admin, "profile_register", definition=_profile(f))
+    return {"profile": made["ref"]}
+
+
 ARGUMENTS: dict[str, Arguments] = {
     "fleet_status": _fixed(),
     "agent_list": _fixed(),
@@ -357,6 +372,13 @@ ARGUMENTS: dict[str, Arguments] = {
     "token_list": _fixed(),
     "token_revoke": _token_ref,
     "token_rotate": _token_ref,
+    "profile_list": _fixed(),
+    "profile_get": _fixed(profile="worker"),
+    "profile_export": _fixed(profile="worker@1.0.0"),
+    "profile_register": _with(lambda f: {"definition": _profile(f)}),
+    "profile_deprecate": _registered_version,
+    "profile_retire": _registered_version,
+    "profile_rollout_set": _fixed(name="worker", versions={"1.0.0": 100}),
 }
 
 
