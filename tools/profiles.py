@@ -1,5 +1,5 @@
-"""Profile tools: the versioned registry (list, get, register, deprecate, retire, export) and each
-name's rollout."""
+"""Profile tools: the versioned registry (list, get, register, deprecate, retire, export), each
+name's rollout, and how well agents, versions and task types do (scorecard, profile_compare)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,14 @@ from mcp.server.mcpserver import MCPServer
 from pydantic import Field
 
 from server.domain.profile import ProfileState
-from server.domain.views import ProfileExport, ProfileList, ProfileView, RolloutView
+from server.domain.views import (
+    ProfileComparison,
+    ProfileExport,
+    ProfileList,
+    ProfileView,
+    RolloutView,
+    ScorecardView,
+)
 from tools.annotations import DESTRUCTIVE, IDEMPOTENT_WRITE, READ_ONLY
 from tools.arguments import Reason
 from tools.context import FleetContext, caller, services_of
@@ -30,6 +37,10 @@ ProfileQuery = Annotated[
         max_length=120,
         description="name (the newest version), name@1.2.0, or name@<npm range> such as reviewer@^1",
     ),
+]
+
+Period = Annotated[
+    str, Field(max_length=8, description="how far back from now: 24h, 7d, 4w (at most a year); default 7d")
 ]
 
 
@@ -114,3 +125,38 @@ def register(mcp: MCPServer) -> None:
         rollback=true."""
         principal = await caller(ctx, reason)
         return await services_of(ctx).profile_catalog.set_rollout(principal, name, versions, rollback)
+
+    @mcp.tool(annotations=READ_ONLY)
+    async def scorecard(
+        ctx: FleetContext,
+        scope: Annotated[
+            str,
+            Field(
+                min_length=3,
+                max_length=200,
+                description="agent:<id>, profile:<name>, profile:<name>@<version> or task_type:<type>",
+            ),
+        ],
+        period: Period = "7d",
+    ) -> ScorecardView:
+        """How a scope did over the period (by finish time) and the period before: tasks
+        completed, failed and dead, success rate, retries per task, queue wait and run time
+        p50/p95, cost per task from the usage ledger, feedback counts and mean score, and the
+        trend (current minus previous). An agent sees its own scorecard and its descendants'."""
+        principal = await caller(ctx)
+        return await services_of(ctx).scorecards.scorecard(principal, scope, period)
+
+    @mcp.tool(annotations=READ_ONLY)
+    async def profile_compare(
+        ctx: FleetContext,
+        name: ProfileName,
+        version_a: Annotated[str, Field(max_length=40, description="the baseline version, e.g. 1.2.0")],
+        version_b: Annotated[str, Field(max_length=40, description="the version compared with it, e.g. 1.3.0")],
+        period: Period = "7d",
+    ) -> ProfileComparison:
+        """Two versions of a profile side by side over the same period: each scorecard's figures,
+        b minus a, whether the success rates differ (two-proportion z-test) and the run times
+        (Mann-Whitney U on the most recent up to 5000 per version), significant at p < 0.05, and
+        a plain verdict naming each test and its p-value."""
+        principal = await caller(ctx)
+        return await services_of(ctx).scorecards.compare(principal, name, version_a, version_b, period)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from mcp.server.mcpserver import MCPServer
 from pydantic import Field, ValidationError
@@ -13,9 +13,9 @@ from server.domain.priority import Priority
 from server.domain.resources import MAX_RESOURCES, ResourceRequest
 from server.domain.statuses import TaskStatus
 from server.domain.task_spec import TASK_TYPE_PATTERN, TaskSpec
-from server.domain.views import ClaimResult, TaskLease, TaskList, TaskReceipt, TaskView
+from server.domain.views import ClaimResult, FeedbackView, TaskLease, TaskList, TaskReceipt, TaskView
 from server.errors import InvalidInput
-from tools.annotations import DESTRUCTIVE, READ_ONLY, WRITES
+from tools.annotations import DESTRUCTIVE, IDEMPOTENT_WRITE, READ_ONLY, WRITES
 from tools.arguments import Reason
 from tools.context import FleetContext, caller, services_of
 
@@ -132,6 +132,28 @@ def register(mcp: MCPServer) -> None:
         """Show one task: status, who holds it, attempts, result or error."""
         principal = await caller(ctx)
         return await services_of(ctx).tasks.get(principal, task_id)
+
+    @mcp.tool(annotations=IDEMPOTENT_WRITE)
+    async def task_feedback(
+        ctx: FleetContext,
+        task_id: TaskId,
+        rating: Annotated[
+            Literal["good", "bad"] | Annotated[int, Field(strict=True, ge=1, le=5)],
+            Field(description="good or bad, or a score 1 (worst) to 5 (best)"),
+        ],
+        note: Annotated[str | None, Field(max_length=2000, description="why, in a sentence or two")] = None,
+        tags: Annotated[
+            list[Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.:-]{0,63}$")]],
+            Field(max_length=16, description="labels such as wrong-format or too-slow"),
+        ] = [],  # noqa: B006
+        reason: Reason = None,
+    ) -> FeedbackView:
+        """Rate a finished task (completed, failed or dead). One feedback per caller per task:
+        giving it again replaces yours. For the task's submitter, an operator, or an agent that
+        submitted it (a reviewer); the agent that ran it may not rate its own work. Shown on
+        task_get, counted in scorecard and profile_compare, audited."""
+        principal = await caller(ctx, reason)
+        return await services_of(ctx).feedback.give(principal, task_id, rating, note, tags)
 
     @mcp.tool(annotations=READ_ONLY)
     async def task_list(

@@ -62,6 +62,9 @@ TOOL_ROLES: dict[str, frozenset[Role]] = {
     "profile_deprecate": STAFF,
     "profile_retire": STAFF,
     "profile_rollout_set": STAFF,
+    "scorecard": EVERYONE,  # an agent: itself and its descendants (the service checks)
+    "profile_compare": READERS,
+    "task_feedback": RUNS_WORK,  # the submitter, an operator, or a reviewing agent (the service checks)
 }
 
 # A2A operations, named by the tool they stand for.

@@ -18,6 +18,7 @@ from server.services.audit import AuditService
 from server.services.auth import Authenticator
 from server.services.autoscaling import AutoscaleService
 from server.services.budgets import BudgetService
+from server.services.feedback import FeedbackService
 from server.services.fleet import FleetService
 from server.services.gate import Gate
 from server.services.leases import LeaseService
@@ -27,6 +28,7 @@ from server.services.pricing import PriceTable
 from server.services.profile_catalog import ProfileCatalog
 from server.services.profiles import ProfileRegistry, load_profile_folders, shipped_profiles_dir
 from server.services.rate_limits import RateLimiter
+from server.services.scorecards import ScorecardService
 from server.services.signals import KeyedSignals, TaskSignals
 from server.services.supervision import SupervisionService
 from server.services.task_ends import TaskEnds
@@ -46,6 +48,8 @@ class Services:
     clock: Clock
     profiles: ProfileRegistry
     profile_catalog: ProfileCatalog
+    feedback: FeedbackService
+    scorecards: ScorecardService
     auth: Authenticator
     agents: AgentService
     tasks: TaskService
@@ -147,6 +151,8 @@ def build_services(
         clock=clock,
         profiles=profiles,
         profile_catalog=catalog,
+        feedback=FeedbackService(db, clock),
+        scorecards=ScorecardService(db, clock),
         auth=Authenticator(db, clock, admin_token),
         agents=agents,
         tasks=tasks,

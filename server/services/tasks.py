@@ -33,6 +33,7 @@ from server.services.approval_rows import (
     terms_for,
     withdraw,
 )
+from server.services.feedback import feedback_of
 from server.services.profiles import ProfileRegistry
 from server.services.signals import TaskSignals
 from server.services.task_ends import TaskEnds
@@ -275,6 +276,7 @@ class TaskService:
             attempt_history(conn, task_id),
             task_locks(conn, task_id) if row.has_locks else None,
             approval=approval_of(conn, row),
+            feedback=feedback_of(conn, task_id),
         )
 
     @staticmethod

@@ -210,6 +210,17 @@ BAD_CALLS: list[tuple[str, dict[str, Any], str]] = [
     ("profile_rollout_set", {"name": "worker", "versions": {"2.0.0": 100}}, "invalid_input"),
     ("profile_rollout_set", {"name": "worker", "rollback": True}, "conflict"),
     ("profile_rollout_set", {"name": "Not A Name", "versions": {}}, "invalid_input"),
+    ("task_feedback", {"task_id": "tsk_0000NOSUCHTASK", "rating": "good"}, "not_found"),
+    ("task_feedback", {"task_id": "tsk_0000NOSUCHTASK", "rating": 9}, "invalid_input"),
+    ("task_feedback", {"task_id": "tsk_0000NOSUCHTASK"}, "invalid_input"),
+    ("scorecard", {"scope": "planet:mars"}, "invalid_input"),
+    ("scorecard", {"scope": "agent:agt_0000NOSUCHAGENT"}, "not_found"),
+    ("scorecard", {"scope": "profile:nobody"}, "not_found"),
+    ("scorecard", {"scope": "profile:worker@9.0.0"}, "not_found"),
+    ("scorecard", {"scope": "task_type:build", "period": "7 days"}, "invalid_input"),
+    ("scorecard", {"scope": "task_type:build", "period": "9999w"}, "invalid_input"),
+    ("profile_compare", {"name": "worker", "version_a": "1.0.0", "version_b": "1.0.0"}, "invalid_input"),
+    ("profile_compare", {"name": "worker", "version_a": "1.0.0", "version_b": "3.0.0"}, "not_found"),
     ("no_such_tool", {}, "not_found"),
 ]
 

@@ -137,7 +137,10 @@ KEY_EXPECTATIONS: list[tuple[Role, str, bool]] = [
 ]
 
 # Let in at the door, but the service has nothing for this caller to do.
-ALLOWED_BUT: dict[tuple[Role, str], str] = {}  # (role, tool) allowed at the door but refused by the service
+# (role, tool) allowed at the door but refused by the service
+ALLOWED_BUT: dict[tuple[Role, str], str] = {
+    (Role.AGENT, "task_feedback"): "permission_denied",  # agent A ran the task: no rating its own work
+}
 
 ROLES = [Role.ADMIN, Role.OPERATOR, Role.VIEWER, Role.AGENT]
 NAMES = {Role.OPERATOR: "ops", Role.VIEWER: "eve"}
@@ -324,6 +327,23 @@ def _with(build: Callable[[Fleet], dict[str, Any]]) -> Arguments:
     return arguments_for
 
 
+async def _finished(f: Fleet, ok: bool) -> dict[str, Any]:
+    """A task the admin submitted and agent A completed."""
+    task_id = await _leased_to_me(f)
+    await call(f.agent_client, "task_complete", task_id=task_id, result={"ok": True})
+    return {"task_id": task_id, "rating": "good"}
+
+
+async def _scorecard(f: Fleet, ok: bool) -> dict[str, Any]:
+    return {"scope": f"agent:{f.agent}" if f.role is Role.AGENT else "task_type:build", "period": "24h"}
+
+
+async def _compare(f: Fleet, ok: bool) -> dict[str, Any]:
+    newer = {"name": "worker", "version": "1.1.0", "description": "a second version to compare"}
+    await call(f.admin, "profile_register", definition=newer)  # the same body again changes nothing
+    return {"name": "worker", "version_a": "1.0.0", "version_b": "1.1.0"}
+
+
 def _profile(f: Fleet) -> dict[str, Any]:
     return {"name": f.unique("walk-"), "version": "1.0.0", "description": "a profile for the walk"}
 
@@ -379,6 +399,9 @@ ARGUMENTS: dict[str, Arguments] = {
     "profile_deprecate": _registered_version,
     "profile_retire": _registered_version,
     "profile_rollout_set": _fixed(name="worker", versions={"1.0.0": 100}),
+    "task_feedback": _finished,
+    "scorecard": _scorecard,
+    "profile_compare": _compare,
 }
 
 
