@@ -80,7 +80,9 @@ def figures(conn: Connection, scope_filter: list[Any], window: Window) -> ScoreF
         *scope_filter,
         tasks.c.finished_at >= window.since,
         tasks.c.finished_at < window.until,
-        tasks.c.status.in_(FINISHED),
+        # Only ended tasks have finished_at; `<>` rather than IN keeps the planner on the scope's
+        # (…, finished_at) index instead of the queue's status index.
+        tasks.c.status != TaskStatus.CANCELLED.value,
     ]
     by_status = {
         row.status: (int(row.n), int(row.retries or 0))
@@ -329,7 +331,7 @@ class ScorecardService:
             *scope_filter,
             tasks.c.finished_at >= window.since,
             tasks.c.finished_at < window.until,
-            tasks.c.status.in_(FINISHED),
+            tasks.c.status != TaskStatus.CANCELLED.value,
             tasks.c.started_at.is_not(None),
         )
         rows = conn.execute(
