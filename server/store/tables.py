@@ -483,6 +483,9 @@ workflow_templates = Table(
     Column("definition", JSON, nullable=False),
     Column("created_by", String(60), nullable=False),
     Column("created_at", BigInteger, nullable=False),
+    # active | deprecated (run only when named exactly, or when no active version fits) | retired (never run)
+    Column("state", String(20), nullable=False, server_default=text("'active'")),
+    CheckConstraint(_one_of("state", ["active", "deprecated", "retired"]), name="state"),
 )
 
 # One row per workflow run: its definition as validated, its inputs, and where it stands. The

@@ -221,6 +221,11 @@ BAD_CALLS: list[tuple[str, dict[str, Any], str]] = [
     ("scorecard", {"scope": "task_type:build", "period": "9999w"}, "invalid_input"),
     ("profile_compare", {"name": "worker", "version_a": "1.0.0", "version_b": "1.0.0"}, "invalid_input"),
     ("profile_compare", {"name": "worker", "version_a": "1.0.0", "version_b": "3.0.0"}, "not_found"),
+    ("workflow_template_list", {"state": "old"}, "invalid_input"),
+    ("workflow_template_get", {"template": "no-such-template"}, "not_found"),
+    ("workflow_template_get", {"template": "research-review-report@not a range"}, "invalid_input"),
+    ("workflow_template_deprecate", {"template": "research-review-report"}, "invalid_input"),
+    ("workflow_template_retire", {"template": "no-such-template@1.0.0"}, "not_found"),
     ("no_such_tool", {}, "not_found"),
 ]
 

@@ -334,6 +334,11 @@ async def _finished(f: Fleet, ok: bool) -> dict[str, Any]:
     return {"task_id": task_id, "rating": "good"}
 
 
+async def _saved_template(f: Fleet, ok: bool) -> dict[str, Any]:
+    saved = await call(f.admin, "workflow_template_save", definition=_workflow(f), version="1.0.0")
+    return {"template": saved["ref"]}
+
+
 async def _scorecard(f: Fleet, ok: bool) -> dict[str, Any]:
     return {"scope": f"agent:{f.agent}" if f.role is Role.AGENT else "task_type:build", "period": "24h"}
 
@@ -401,6 +406,10 @@ ARGUMENTS: dict[str, Arguments] = {
     "profile_rollout_set": _fixed(name="worker", versions={"1.0.0": 100}),
     "task_feedback": _finished,
     "scorecard": _scorecard,
+    "workflow_template_list": _fixed(),
+    "workflow_template_get": _fixed(template="research-review-report"),
+    "workflow_template_deprecate": _saved_template,
+    "workflow_template_retire": _saved_template,
     "profile_compare": _compare,
 }
 

@@ -64,6 +64,9 @@ def upgrade() -> None:
         sa.ForeignKeyConstraint(["task_id"], ["orch_tasks.id"], name=op.f("fk_orch_task_feedback_task_id_orch_tasks")),
         sa.PrimaryKeyConstraint("task_id", "principal", name=op.f("pk_orch_task_feedback")),
     )
+    with op.batch_alter_table("orch_workflow_templates", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("state", sa.String(length=20), nullable=False, server_default="active"))
+        batch_op.create_check_constraint("state", "state IN ('active', 'deprecated', 'retired')")
     # Plain CREATE INDEX (no batch copy): a copy of orch_usage would drop its immutability triggers.
     op.create_index("ix_orch_tasks_agent_finished", "orch_tasks", ["agent_id", "finished_at"], unique=False)
     op.create_index("ix_orch_tasks_type_finished", "orch_tasks", ["type", "finished_at"], unique=False)
@@ -76,6 +79,9 @@ def downgrade() -> None:
     op.drop_index("ix_orch_agents_profile_version", table_name="orch_agents")
     op.drop_index("ix_orch_tasks_type_finished", table_name="orch_tasks")
     op.drop_index("ix_orch_tasks_agent_finished", table_name="orch_tasks")
+    with op.batch_alter_table("orch_workflow_templates", schema=None) as batch_op:
+        batch_op.drop_constraint(op.f("ck_orch_workflow_templates_state"), type_="check")
+        batch_op.drop_column("state")
     op.drop_table("orch_task_feedback")
     op.drop_table("orch_profile_rollouts")
     op.drop_table("orch_profiles")
