@@ -183,6 +183,9 @@ class ProfileRegistry:
         if self._db is not None:
             self._db.read_sync(self.refresh_from)
 
+    def has_name(self, name: str) -> bool:
+        return name in self._now.by_name
+
     def knows(self, ref: str) -> bool:
         name, _, version = ref.partition("@")
         return any(p.version == version for p in self._now.by_name.get(name, ()))

@@ -220,6 +220,8 @@ class TaskService:
             or conn.execute(self._agent_covers, {"need": json.dumps(sorted(need))}).first() is not None
         ):
             return True
+        if self._profiles.refresh_from(conn):  # a profile registered on another replica may cover it
+            return self._routable(conn, spec)
         if spec.allow_unroutable:
             return False
         known = self._profiles.capabilities() | self._live_capabilities(conn)

@@ -32,9 +32,15 @@ async def test_a_version_registered_on_one_replica_spawns_on_the_other(
     b = serve(database_url, data_dir=tmp_path / "replica-b", env=ENV)
     async with b.mcp() as on_b:  # b has loaded the registry before the version exists
         assert (await call_error(on_b, "agent_spawn", profile="narrow")).code == "invalid_input"
+        assert (await call_error(on_b, "budget_set", scope="profile:narrow", limit_usd="5")).code == "invalid_input"
     async with a.mcp() as on_a:
         await call(on_a, "profile_register", definition=NARROW)
+    async with b.mcp() as on_b:  # b learns of it from the store on first need, before any spawn there
+        assert (await call(on_b, "budget_set", scope="profile:narrow", limit_usd="5"))["scope"] == "profile:narrow"
+    async with a.mcp() as on_a:
+        await call(on_a, "profile_register", definition=NARROW | {"name": "rare", "capabilities": ["rare"]})
     async with b.mcp() as on_b:
+        assert (await call(on_b, "task_submit", type="t", capabilities=["rare"]))["status"] == "queued"
         spawned = await call(on_b, "agent_spawn", profile="narrow@^2")
         assert spawned["agent"]["profile"] == "narrow@2.0.0" and "narrow" in spawned["agent"]["capabilities"]
     async with a.mcp(spawned["token"]) as agent_on_a:  # a never saw this spawn; its rules still apply
