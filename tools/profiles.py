@@ -59,9 +59,9 @@ def register(mcp: MCPServer) -> None:
     @mcp.tool(annotations=READ_ONLY)
     async def profile_get(ctx: FleetContext, profile: ProfileQuery) -> ProfileView:
         """Show one profile version with its full definition: permissions, limits, runtime,
-        spawn list."""
-        await caller(ctx)
-        return await services_of(ctx).profile_catalog.get(profile)
+        spawn list (for a viewer, process env values are masked)."""
+        principal = await caller(ctx)
+        return await services_of(ctx).profile_catalog.get(profile, principal)
 
     @mcp.tool(annotations=READ_ONLY)
     async def profile_export(ctx: FleetContext, profile: ProfileQuery) -> ProfileExport:

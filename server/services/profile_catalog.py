@@ -319,10 +319,17 @@ class ProfileCatalog:
             rollouts=[rollout_view(row) for row in conn.execute(rollouts)],
         )
 
-    async def get(self, ref: str) -> ProfileView:
+    async def get(self, ref: str, principal: Principal | None = None) -> ProfileView:
+        """One version's full definition; a viewer sees process env values masked (a profile may
+        carry a key there), as staff see them."""
         await self._registry.refresh()
         profile = self._registry.require(ref)
-        return await self._db.read(self._get_tx, profile.name, profile.version)
+        view = await self._db.read(self._get_tx, profile.name, profile.version)
+        env = ((view.definition or {}).get("process") or {}).get("env")
+        if principal is not None and not principal.can_operate and env and view.definition is not None:
+            masked = {**view.definition["process"], "env": dict.fromkeys(env, "***")}
+            view = view.model_copy(update={"definition": {**view.definition, "process": masked}})
+        return view
 
     @staticmethod
     def _get_tx(conn: Connection, name: str, version: str) -> ProfileView:

@@ -236,6 +236,26 @@ async def test_deprecate_then_retire(connect, services):
     assert actions == ["profile.register", "profile.deprecate", "profile.retire"]
 
 
+async def test_a_viewer_sees_a_definition_without_its_env_values(connect):
+    secret = {
+        "name": "keyed",
+        "version": "1.0.0",
+        "description": "carries a key in env",
+        "runtime": "process",
+        "process": {"command": ["python", "-c", "pass"], "env": {"API_KEY": "sk-very-secret"}},
+    }
+    async with connect() as admin:
+        await call(admin, "profile_register", definition=secret)
+        viewer = (await call(admin, "token_create", name="eyes", role="viewer"))["token"]
+        assert (await call(admin, "profile_get", profile="keyed"))["definition"]["process"]["env"] == {
+            "API_KEY": "sk-very-secret"
+        }
+    async with connect(viewer) as as_viewer:
+        shown = await call(as_viewer, "profile_get", profile="keyed")
+        assert shown["definition"]["process"]["env"] == {"API_KEY": "***"}
+        assert (await call_error(as_viewer, "profile_export", profile="keyed")).code == "permission_denied"
+
+
 async def test_export_gives_yaml_a_new_version_can_start_from(connect):
     async with connect() as admin:
         exported = await call(admin, "profile_export", profile="worker@1.0.0")
