@@ -62,6 +62,21 @@ CONTRACT_TOOLS = ISSUE_2_TOOLS | {
     "token_list",
     "token_revoke",
     "token_rotate",
+    "profile_list",
+    "profile_get",
+    "workflow_template_list",
+    "workflow_template_get",
+    "profile_register",
+    "profile_deprecate",
+    "profile_retire",
+    "profile_export",
+    "profile_rollout_set",
+    "profile_compare",
+    "task_feedback",
+    "scorecard",
+    # Issue 24 asks for deprecated and retired templates without naming tools; the changelog lists them.
+    "workflow_template_deprecate",
+    "workflow_template_retire",
 }
 READ_ONLY_TOOLS = {
     "fleet_status",
@@ -76,6 +91,13 @@ READ_ONLY_TOOLS = {
     "approval_list",
     "audit_query",
     "token_list",
+    "profile_list",
+    "profile_get",
+    "profile_export",
+    "profile_compare",
+    "scorecard",
+    "workflow_template_list",
+    "workflow_template_get",
 }
 DESTRUCTIVE_ISSUE_2_TOOLS = {"agent_terminate", "task_cancel"}
 PROTOCOL_OF_MODE = {"auto": "2026-07-28", "legacy": "2025-11-25"}
