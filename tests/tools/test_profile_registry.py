@@ -11,10 +11,11 @@ import pytest
 import yaml
 from sqlalchemy import func, select
 
+from server.domain.principal import ADMIN
 from server.errors import InvalidInput
 from server.services.container import build_services
 from server.store.tables import agents, audit_log, profile_rollouts, profiles
-from tests.conftest import ADMIN_TOKEN, TEST_PROFILES
+from tests.conftest import ADMIN_TOKEN, TEST_PROFILES, connector
 from tests.helpers import call, call_error
 
 pytestmark = pytest.mark.anyio
@@ -291,7 +292,7 @@ async def test_rollout_weights_spawns_and_records_the_version_each_got(connect, 
         assert rollout["versions"] == {"1.1.0": 10, "1.0.0": 90} and rollout["previous"] is None
         services.profiles.rng.seed(24)
         picks = Counter(services.profiles.choose("worker")[0].version for _ in range(1000))
-        assert 60 <= picks["1.1.0"] <= 140 and picks["1.1.0"] + picks["1.0.0"] == 1000
+        assert 70 <= picks["1.1.0"] <= 130 and picks["1.1.0"] + picks["1.0.0"] == 1000  # 100 ± 3σ (σ ≈ 9.5)
         spawned = [await call(admin, "agent_spawn", profile="worker") for _ in range(30)]
         got = Counter(s["agent"]["profile"] for s in spawned)
         assert set(got) <= {"worker@1.0.0", "worker@1.1.0"} and sum(got.values()) == 30
@@ -323,6 +324,33 @@ async def test_rollout_weights_spawns_and_records_the_version_each_got(connect, 
         ]
     assert sum(n for _, n in recorded) == 37
     assert details.count("rollout") == 35 and details.count("exact") == 1 and details.count("newest") == 1
+
+
+async def test_a_10_90_rollout_over_1000_real_spawns_lands_within_bounds(settings):
+    built = build_services(replace(settings, max_agents=1100), ADMIN_TOKEN)
+    try:
+        async with connector(built)() as admin:
+            await call(admin, "profile_register", definition=WORKER_1_1)
+            await call(admin, "profile_rollout_set", name="worker", versions={"1.1.0": 10, "1.0.0": 90})
+        built.profiles.rng.seed(1000)
+        got = Counter()
+        for _ in range(1000):
+            spawned = await built.agents.spawn(ADMIN, "worker")
+            got[spawned.agent.profile] += 1
+        with built.db.engine.connect() as conn:
+            stored = Counter(
+                dict(
+                    conn.execute(
+                        select(agents.c.profile_version, func.count())
+                        .where(agents.c.profile == "worker")
+                        .group_by(agents.c.profile_version)
+                    ).all()
+                )
+            )
+    finally:
+        built.close()
+    assert 70 <= got["worker@1.1.0"] <= 130 and got["worker@1.0.0"] + got["worker@1.1.0"] == 1000  # 100 ± 3σ
+    assert stored == Counter({"1.1.0": got["worker@1.1.0"], "1.0.0": got["worker@1.0.0"]})
 
 
 @pytest.mark.parametrize(
