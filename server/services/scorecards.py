@@ -67,8 +67,7 @@ def _nearest_rank(conn: Connection, value: ColumnElement[Any], where: list[Any],
     return None if found is None else found / MICROS
 
 
-def _percentiles(conn: Connection, value: ColumnElement[Any], where: list[Any]) -> Percentiles:
-    count = conn.execute(select(func.count()).select_from(tasks).where(*where)).scalar_one()
+def _percentiles(conn: Connection, value: ColumnElement[Any], where: list[Any], count: int) -> Percentiles:
     return Percentiles(
         p50=_nearest_rank(conn, value, where, count, 0.5), p95=_nearest_rank(conn, value, where, count, 0.95)
     )
@@ -96,20 +95,25 @@ def figures(conn: Connection, scope_filter: list[Any], window: Window) -> ScoreF
     finished = completed + failed + dead
     retries = sum(r for _, r in by_status.values())
     started = [*where, tasks.c.started_at.is_not(None)]
+    timed = conn.execute(select(func.count()).select_from(tasks).where(*started)).scalar_one() if finished else 0
     ids = select(tasks.c.id).where(*where)
-    cost_micros = int(
-        conn.execute(
-            select(func.coalesce(func.sum(usage.c.cost_micros), 0)).where(usage.c.task_id.in_(ids))
-        ).scalar_one()
-    )
-    fb = conn.execute(
-        select(
-            func.count(case((task_feedback.c.good.is_(True), 1))),
-            func.count(case((task_feedback.c.good.is_(False), 1))),
-            func.count(task_feedback.c.score),
-            func.avg(task_feedback.c.score),
-        ).where(task_feedback.c.task_id.in_(ids))
-    ).one()
+    cost_micros, fb = 0, (0, 0, 0, None)
+    if finished:  # an empty window costs one query, not six
+        cost_micros = int(
+            conn.execute(
+                select(func.coalesce(func.sum(usage.c.cost_micros), 0)).where(usage.c.task_id.in_(ids))
+            ).scalar_one()
+        )
+        fb = tuple(
+            conn.execute(
+                select(
+                    func.count(case((task_feedback.c.good.is_(True), 1))),
+                    func.count(case((task_feedback.c.good.is_(False), 1))),
+                    func.count(task_feedback.c.score),
+                    func.avg(task_feedback.c.score),
+                ).where(task_feedback.c.task_id.in_(ids))
+            ).one()
+        )
     return ScoreFigures(
         since=to_iso(window.since) or "",
         until=to_iso(window.until) or "",
@@ -119,8 +123,8 @@ def figures(conn: Connection, scope_filter: list[Any], window: Window) -> ScoreF
         finished=finished,
         success_rate=completed / finished if finished else None,
         retries_per_task=retries / finished if finished else None,
-        queue_wait_s=_percentiles(conn, tasks.c.started_at - tasks.c.created_at, started),
-        run_time_s=_percentiles(conn, tasks.c.finished_at - tasks.c.started_at, started),
+        queue_wait_s=_percentiles(conn, tasks.c.started_at - tasks.c.created_at, started, timed),
+        run_time_s=_percentiles(conn, tasks.c.finished_at - tasks.c.started_at, started, timed),
         cost_usd=str(usd(cost_micros)),
         cost_per_task_usd=str(usd(cost_micros // finished)) if finished else None,
         feedback=FeedbackCounts(
