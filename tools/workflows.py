@@ -8,7 +8,7 @@ from mcp.server.mcpserver import MCPServer
 from pydantic import Field
 
 from server.domain.profile import ProfileState
-from server.domain.views import WorkflowList, WorkflowTemplateList, WorkflowTemplateView, WorkflowView
+from server.domain.views import WorkflowList, WorkflowTemplateView, WorkflowView
 from server.domain.workflow_status import RunStatus
 from tools.annotations import DESTRUCTIVE, IDEMPOTENT_WRITE, READ_ONLY, WRITES
 from tools.arguments import Reason
@@ -28,9 +28,6 @@ Definition = Annotated[
 ]
 
 
-TemplateRef = Annotated[
-    str, Field(min_length=1, max_length=200, description="name, name@1.2.0 or name@^1 (the newest match)")
-]
 TemplateVersion = Annotated[str, Field(min_length=3, max_length=200, description="name@version, e.g. my-flow@1.2.0")]
 
 
@@ -100,23 +97,6 @@ def register(mcp: MCPServer) -> None:
         is a conflict. Run it with workflow_run(template="name@^1")."""
         principal = await caller(ctx, reason)
         return await services_of(ctx).workflow_templates.save(principal, definition, version)
-
-    @mcp.tool(annotations=READ_ONLY)
-    async def workflow_template_list(
-        ctx: FleetContext,
-        name: Annotated[str | None, Field(max_length=100, description="only this template's versions")] = None,
-        state: Annotated[ProfileState | None, Field(description="only versions in this state")] = None,
-    ) -> WorkflowTemplateList:
-        """List saved workflow templates by name, newest version first, with their state (active,
-        deprecated, retired) and steps; workflow_template_get shows a definition."""
-        await caller(ctx)
-        return await services_of(ctx).workflow_templates.list(name, state)
-
-    @mcp.tool(annotations=READ_ONLY)
-    async def workflow_template_get(ctx: FleetContext, template: TemplateRef) -> WorkflowTemplateView:
-        """Show one template version with its definition: name, name@1.2.0 or name@^1 (newest match)."""
-        await caller(ctx)
-        return await services_of(ctx).workflow_templates.get(template)
 
     @mcp.tool(annotations=IDEMPOTENT_WRITE)
     async def workflow_template_deprecate(

@@ -48,8 +48,6 @@ TOOL_ROLES: dict[str, frozenset[Role]] = {
     "workflow_list": EVERYONE,
     "workflow_cancel": RUNS_WORK,
     "workflow_template_save": STAFF,
-    "workflow_template_list": EVERYONE,
-    "workflow_template_get": EVERYONE,
     "workflow_template_deprecate": STAFF,
     "workflow_template_retire": STAFF,
     "approval_list": STAFF,

@@ -457,14 +457,10 @@ class WorkflowTemplateView(View):
     created_by: str
     created_at: str
     steps: list[str]
-    definition: dict[str, Any] | None = Field(description="the definition (null in workflow_template_list)")
+    definition: dict[str, Any]
     state: str = Field(
         "active", description="active, deprecated (runs only when named exactly or no active version fits), retired"
     )
-
-
-class WorkflowTemplateList(View):
-    templates: list[WorkflowTemplateView] = Field(description="by name, newest version first")
 
 
 class ProfileView(View):

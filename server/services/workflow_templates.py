@@ -13,7 +13,7 @@ from sqlalchemy import Connection, select, update
 from server.clock import Clock, to_iso
 from server.domain.principal import SHIPPED, Principal
 from server.domain.profile import ProfileState
-from server.domain.views import WorkflowTemplateList, WorkflowTemplateView
+from server.domain.views import WorkflowTemplateView
 from server.domain.workflow_definition import WorkflowDefinition, parse_definition
 from server.errors import Conflict, InvalidInput, NotFound, PermissionDenied
 from server.services import audit
@@ -148,37 +148,6 @@ class WorkflowTemplateService:
         audit.record(conn, now, principal, action, f"{name}@{version}", {"from": current.value, "to": state.value})
         return _view(conn.execute(select(workflow_templates).where(*where)).one(), created=False)
 
-    async def list(self, name: str | None, state: ProfileState | None) -> WorkflowTemplateList:
-        return await self._db.read(self._list_tx, name, state)
-
-    @staticmethod
-    def _list_tx(conn: Connection, name: str | None, state: ProfileState | None) -> WorkflowTemplateList:
-        query = select(workflow_templates)
-        if name is not None:
-            query = query.where(workflow_templates.c.name == name)
-        if state is not None:
-            query = query.where(workflow_templates.c.state == state.value)
-        newest_first = sorted(conn.execute(query), key=lambda r: Version(r.version), reverse=True)
-        rows = sorted(newest_first, key=lambda r: r.name)
-        return WorkflowTemplateList(templates=[_view(row, created=False, full=False) for row in rows])
-
-    async def get(self, ref: str) -> WorkflowTemplateView:
-        return await self._db.read(self._get_tx, ref)
-
-    @staticmethod
-    def _get_tx(conn: Connection, ref: str) -> WorkflowTemplateView:
-        name, wanted = split_ref(ref)
-        query = select(workflow_templates).where(workflow_templates.c.name == name)
-        rows = {Version(row.version): row for row in conn.execute(query)}
-        try:
-            spec = NpmSpec(wanted or "*")
-        except ValueError as exc:
-            raise InvalidInput(f"template reference {ref!r}: {exc}") from exc
-        best = spec.select(rows)
-        if best is None:
-            raise NotFound(f"no workflow template {ref}; workflow_template_list shows what exists")
-        return _view(rows[best], created=False)
-
     def seed_shipped(self, folder: Path) -> None:
         """Make the shipped templates available on this store (once per version; never replaced)."""
         now = self._clock.now_us()
@@ -207,7 +176,7 @@ def _stored(parsed: WorkflowDefinition, version: str) -> dict[str, Any]:
     return parsed.model_dump(mode="json", exclude_none=True) | {"version": version}
 
 
-def _view(row: Any, created: bool, full: bool = True) -> WorkflowTemplateView:
+def _view(row: Any, created: bool) -> WorkflowTemplateView:
     return WorkflowTemplateView(
         state=row.state,
         name=row.name,
@@ -217,5 +186,5 @@ def _view(row: Any, created: bool, full: bool = True) -> WorkflowTemplateView:
         created_by=row.created_by,
         created_at=to_iso(row.created_at),
         steps=[step["id"] for step in row.definition["steps"]],
-        definition=row.definition if full else None,
+        definition=row.definition,
     )

@@ -64,8 +64,6 @@ CONTRACT_TOOLS = ISSUE_2_TOOLS | {
     "token_rotate",
     "profile_list",
     "profile_get",
-    "workflow_template_list",
-    "workflow_template_get",
     "profile_register",
     "profile_deprecate",
     "profile_retire",
@@ -96,8 +94,6 @@ READ_ONLY_TOOLS = {
     "profile_export",
     "profile_compare",
     "scorecard",
-    "workflow_template_list",
-    "workflow_template_get",
 }
 DESTRUCTIVE_ISSUE_2_TOOLS = {"agent_terminate", "task_cancel"}
 PROTOCOL_OF_MODE = {"auto": "2026-07-28", "legacy": "2025-11-25"}

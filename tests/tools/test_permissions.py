@@ -406,8 +406,6 @@ ARGUMENTS: dict[str, Arguments] = {
     "profile_rollout_set": _fixed(name="worker", versions={"1.0.0": 100}),
     "task_feedback": _finished,
     "scorecard": _scorecard,
-    "workflow_template_list": _fixed(),
-    "workflow_template_get": _fixed(template="research-review-report"),
     "workflow_template_deprecate": _saved_template,
     "workflow_template_retire": _saved_template,
     "profile_compare": _compare,
