@@ -231,7 +231,7 @@ async def test_deprecate_then_retire(connect, services):
     with services.db.engine.connect() as conn:
         actions = list(
             conn.execute(
-                select(audit_log.c.action).where(audit_log.c.subject == "worker@1.1.0").order_by(audit_log.c.seq)
+                select(audit_log.c.action).where(audit_log.c.subject == "worker@1.1.0").order_by(audit_log.c.at)
             ).scalars()
         )
     assert actions == ["profile.register", "profile.deprecate", "profile.retire"]

@@ -56,7 +56,7 @@ async def test_feedback_is_one_per_principal_changeable_and_shown_on_task_get(co
         audited = conn.execute(
             select(audit_log.c.principal, audit_log.c.detail, audit_log.c.reason)
             .where(audit_log.c.action == "task.feedback")
-            .order_by(audit_log.c.seq)
+            .order_by(audit_log.c.at)
         ).all()
     assert [(a.principal, a.detail["rating"], a.detail["changed"]) for a in audited] == [
         ("admin", "good", False),

@@ -40,7 +40,7 @@ async def test_deprecated_versions_run_only_when_named_or_nothing_active_fits(co
     with services.db.engine.connect() as conn:
         actions = list(
             conn.execute(
-                select(audit_log.c.action).where(audit_log.c.subject == "release@1.1.0").order_by(audit_log.c.seq)
+                select(audit_log.c.action).where(audit_log.c.subject == "release@1.1.0").order_by(audit_log.c.at)
             ).scalars()
         )
         states = dict(
