@@ -59,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     operator_cli.add_audit_query(audit_commands)
     operator_cli.register(commands)
     inbox_cli.register(commands)
+    operator_cli.register_profiles(commands)
     completion = commands.add_parser("completion", help="print a shell completion script: bash, zsh or tcsh")
     completion.add_argument("shell", choices=["bash", "zsh", "tcsh"])
 

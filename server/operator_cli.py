@@ -1,4 +1,4 @@
-"""The operator CLI: `agentfleet agents|tasks|workflows|locks|budgets|approvals|audit query`,
+"""The operator CLI: `agentfleet agents|tasks|workflows|locks|budgets|approvals|profiles|scorecard|audit query`,
 over HTTP to a running server through the same door as every MCP client (role table, audit,
 rate limits), as aligned tables (rich) or `--json`.
 
@@ -31,6 +31,7 @@ class Call:
     arguments: dict[str, Any]
     rows: Callable[[dict[str, Any]], list[dict[str, Any]]]
     columns: tuple[str, ...]
+    text: Callable[[dict[str, Any]], str] | None = None  # shown as is instead of a table (export)
 
 
 def add_connection_flags(parser: argparse.ArgumentParser) -> None:
@@ -91,6 +92,88 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         decide.add_argument("--note", help="why, kept with the decision")
 
 
+def register_profiles(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    profiles = _group(commands, "profiles", "profile versions, rollouts and comparisons")
+    listing = _command(profiles, "list", "profile versions with state and source")
+    listing.add_argument("--name", help="only this profile's versions")
+    listing.add_argument("--state", help="active, deprecated or retired")
+    _command(profiles, "get", "one version: name, name@1.2.0 or name@^1").add_argument("profile")
+    _command(profiles, "export", "a version as YAML").add_argument("profile")
+    _command(profiles, "register", "register the profile in a YAML file").add_argument("file", type=Path)
+    for verb in ("deprecate", "retire"):
+        _command(profiles, verb, f"{verb} name@version").add_argument("profile")
+    rollout = _command(profiles, "rollout", "set a name's rollout: --weight 1.3.0=10 --weight 1.2.0=90")
+    rollout.add_argument("name")
+    rollout.add_argument("--weight", action="append", default=[], help="version=percent (repeat; sum 100)")
+    rollout.add_argument("--rollback", action="store_true", help="back to the rollout before this one")
+    compare = _command(profiles, "compare", "two versions side by side with significance tests")
+    compare.add_argument("name")
+    compare.add_argument("version_a")
+    compare.add_argument("version_b")
+    compare.add_argument("--period", default="7d")
+    scorecard = commands.add_parser("scorecard", help="how a scope did this period (over HTTP to a running server)")
+    add_connection_flags(scorecard)
+    scorecard.add_argument("scope", help="agent:<id>, profile:<name>[@<version>] or task_type:<type>")
+    scorecard.add_argument("--period", default="7d", help="24h, 7d, 4w")
+    scorecard.set_defaults(handler=run, group="scorecard", verb="show")
+
+
+def _weights(pairs: list[str]) -> dict[str, int]:
+    weights = {}
+    for pair in pairs:
+        version, _, percent = pair.partition("=")
+        if not percent.isdigit():
+            raise InvalidInput(f"--weight {pair!r}: write version=percent, e.g. 1.3.0=10")
+        weights[version] = int(percent)
+    return weights
+
+
+def _profile_call(args: argparse.Namespace) -> Call:  # noqa: PLR0911 - one line per command
+    columns = ("ref", "state", "source", "runtime", "created_by", "created_at")
+    figures = ("finished", "success_rate", "retries_per_task", "run_time_s", "cost_per_task_usd", "feedback")
+    match args.verb:
+        case "list":
+            return Call("profile_list", _given(name=args.name, state=args.state), lambda a: a["profiles"], columns)
+        case "get":
+            return Call("profile_get", {"profile": args.profile}, _one, (*columns, "description"))
+        case "export":
+            return Call("profile_export", {"profile": args.profile}, _one, ("ref",), text=lambda a: a["yaml"])
+        case "register":
+            try:
+                definition = args.file.read_text(encoding="utf-8")
+            except OSError as exc:
+                raise InvalidInput(f"cannot read {args.file}: {exc.strerror}") from None
+            return Call("profile_register", {"definition": definition}, _one, (*columns, "created"))
+        case "deprecate" | "retire":
+            return Call(f"profile_{args.verb}", {"profile": args.profile}, _one, columns)
+        case "rollout":
+            arguments = {"name": args.name, "rollback": True} if args.rollback else {"name": args.name}
+            if not args.rollback:
+                arguments["versions"] = _weights(args.weight)
+            return Call("profile_rollout_set", arguments, _one, ("name", "versions", "previous", "updated_by"))
+        case "compare":
+            arguments = {
+                "name": args.name,
+                "version_a": args.version_a,
+                "version_b": args.version_b,
+                "period": args.period,
+            }
+            return Call(
+                "profile_compare",
+                arguments,
+                lambda a: [{"version": a["version_a"]} | a["a"], {"version": a["version_b"]} | a["b"]],
+                ("version", *figures),
+                text=None,
+            )
+    arguments = {"scope": args.scope, "period": args.period}
+    return Call(
+        "scorecard",
+        arguments,
+        lambda a: [{"period": "current"} | a["current"], {"period": "previous"} | a["previous"]],
+        ("period", *figures),
+    )
+
+
 def add_audit_query(audit_commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     query = audit_commands.add_parser("query", help="search the audit trail on a running server")
     add_connection_flags(query)
@@ -133,6 +216,8 @@ def call_for(args: argparse.Namespace) -> Call:  # noqa: PLR0911 - one line per 
     agent_columns = ("id", "name", "profile", "runtime", "status", "parent_id", "last_heartbeat_at")
     task_columns = ("id", "type", "status", "priority", "agent_id", "attempts", "progress", "created_at")
     run_columns = ("id", "name", "status", "submitted_by", "created_at", "finished_at")
+    if group in ("profiles", "scorecard"):
+        return _profile_call(args)
     match group, verb:
         case "agents", "list":
             arguments = _given(status=args.status, profile=args.profile, limit=args.limit)
@@ -233,6 +318,8 @@ async def _run(url: str, token: str, call: Call, args: argparse.Namespace) -> in
     finally:
         await client.aclose()
     show(answer, call, args.json)
+    if call.tool == "profile_compare" and not args.json:
+        print(answer["verdict"])
     return 0
 
 
@@ -254,6 +341,9 @@ async def _follow(client: Any, task: dict[str, Any], as_json: bool) -> dict[str,
 def show(answer: dict[str, Any], call: Call, as_json: bool) -> None:
     if as_json:
         print(json.dumps(answer, indent=2))
+        return
+    if call.text is not None:
+        print(call.text(answer), end="")
         return
     from rich.console import Console
     from rich.table import Table

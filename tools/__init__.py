@@ -20,6 +20,7 @@ from tools import (
     locks,
     messages,
     notifications,
+    profiles,
     resources,
     tasks,
     triggers,
@@ -67,6 +68,6 @@ def build_mcp(
         request_state_security=_shared_state_key(services),
     )
     areas = (fleet, agents, tasks, locks, budgets, workflows, governance, resources, events, triggers, messages)
-    for area in (*areas, notifications):
+    for area in (*areas, notifications, profiles):
         area.register(mcp)
     return mcp

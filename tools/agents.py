@@ -28,7 +28,9 @@ def register(mcp: MCPServer) -> None:
             Field(
                 min_length=1,
                 max_length=120,
-                description="profile name, optionally with @version (e.g. 'developer' or 'developer@1.0.0')",
+                description="profile name, optionally with @version or an npm-style range ('developer', "
+                "'developer@1.0.0', 'developer@^1'): a name alone follows the name's rollout, else the newest "
+                "active version; retired versions are never spawned",
             ),
         ],
         name: Annotated[str | None, Field(description="a readable name; generated when omitted")] = None,

@@ -68,6 +68,7 @@ class FleetMCPServer(MCPServer[Any]):
         except FleetError:
             return []
         access = self._state.services.access
+        await access.ensure_current(principal)
         return [
             tool.model_copy(update={"description": inspect.cleandoc(tool.description or "")})
             for tool in await super().list_tools()

@@ -13,10 +13,18 @@ from server.domain.priority import Priority
 from server.domain.resources import MAX_RESOURCES, ResourceRequest
 from server.domain.statuses import TaskStatus
 from server.domain.task_spec import TASK_TYPE_PATTERN, TaskSpec
-from server.domain.views import ClaimResult, TaskLease, TaskList, TaskReceipt, TaskView, TaskWaitResult
+from server.domain.views import (
+    ClaimResult,
+    FeedbackView,
+    TaskLease,
+    TaskList,
+    TaskReceipt,
+    TaskView,
+    TaskWaitResult,
+)
 from server.errors import InvalidInput
 from server.services.waiting import MAX_TASKS, MAX_WAIT_S, OnChange
-from tools.annotations import DESTRUCTIVE, READ_ONLY, WRITES
+from tools.annotations import DESTRUCTIVE, IDEMPOTENT_WRITE, READ_ONLY, WRITES
 from tools.arguments import Reason
 from tools.context import FleetContext, caller, services_of
 
@@ -187,6 +195,28 @@ def register(mcp: MCPServer) -> None:
         principal = await caller(ctx)
         outcome = await services_of(ctx).waits.tasks(principal, task_ids, mode, wait_s)
         return TaskWaitResult(tasks=outcome.tasks, done=outcome.done)
+
+    @mcp.tool(annotations=IDEMPOTENT_WRITE)
+    async def task_feedback(
+        ctx: FleetContext,
+        task_id: TaskId,
+        rating: Annotated[
+            Literal["good", "bad"] | Annotated[int, Field(strict=True, ge=1, le=5)],
+            Field(description="good or bad, or a score 1 (worst) to 5 (best)"),
+        ],
+        note: Annotated[str | None, Field(max_length=2000, description="why, in a sentence or two")] = None,
+        tags: Annotated[
+            list[Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.:-]{0,63}$")]],
+            Field(max_length=16, description="labels such as wrong-format or too-slow"),
+        ] = [],  # noqa: B006
+        reason: Reason = None,
+    ) -> FeedbackView:
+        """Rate a finished task (completed, failed or dead). One feedback per caller per task:
+        giving it again replaces yours. For the task's submitter, an operator, or an agent that
+        submitted it (a reviewer); the agent that ran it may not rate its own work. Shown on
+        task_get, counted in scorecard and profile_compare, audited."""
+        principal = await caller(ctx, reason)
+        return await services_of(ctx).feedback.give(principal, task_id, rating, note, tags)
 
     @mcp.tool(annotations=READ_ONLY)
     async def task_list(

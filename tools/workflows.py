@@ -7,10 +7,11 @@ from typing import Annotated, Any
 from mcp.server.mcpserver import MCPServer
 from pydantic import Field
 
+from server.domain.profile import ProfileState
 from server.domain.views import WorkflowList, WorkflowTemplateList, WorkflowTemplateView, WorkflowView
 from server.domain.workflow_status import RunStatus
 from server.services.waiting import MAX_WAIT_S
-from tools.annotations import DESTRUCTIVE, READ_ONLY, WRITES
+from tools.annotations import DESTRUCTIVE, IDEMPOTENT_WRITE, READ_ONLY, WRITES
 from tools.arguments import Reason
 from tools.context import FleetContext, caller, services_of
 
@@ -26,6 +27,9 @@ Definition = Annotated[
         )
     ),
 ]
+
+
+TemplateVersion = Annotated[str, Field(min_length=3, max_length=200, description="name@version, e.g. my-flow@1.2.0")]
 
 
 def register(mcp: MCPServer) -> None:
@@ -127,3 +131,21 @@ def register(mcp: MCPServer) -> None:
         workflow_run(template=…) would run it."""
         await caller(ctx)
         return await services_of(ctx).workflow_templates.get(template)
+
+    @mcp.tool(annotations=IDEMPOTENT_WRITE)
+    async def workflow_template_deprecate(
+        ctx: FleetContext, template: TemplateVersion, reason: Reason = None
+    ) -> WorkflowTemplateView:
+        """Deprecate name@version: workflow_run(template=name or a range) picks it only when no
+        active version fits; named exactly it still runs. Runs already started are not touched."""
+        principal = await caller(ctx, reason)
+        return await services_of(ctx).workflow_templates.set_state(principal, template, ProfileState.DEPRECATED)
+
+    @mcp.tool(annotations=DESTRUCTIVE)
+    async def workflow_template_retire(
+        ctx: FleetContext, template: TemplateVersion, reason: Reason = None
+    ) -> WorkflowTemplateView:
+        """Retire name@version: it never runs again (workflow_run refuses it with conflict); runs
+        already started finish. A retired version never comes back."""
+        principal = await caller(ctx, reason)
+        return await services_of(ctx).workflow_templates.set_state(principal, template, ProfileState.RETIRED)

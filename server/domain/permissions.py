@@ -13,6 +13,7 @@ EVERYONE = frozenset({_A, _O, _V, _G})
 STAFF = frozenset({_A, _O})
 RUNS_WORK = frozenset({_A, _O, _G})  # starts or stops work: not a viewer
 SPENDS = frozenset({_A, _G})  # money: an agent within its budgets, or the admin
+READERS = frozenset({_A, _O, _V})  # people and services that read the whole fleet; not agents
 AGENT_ONLY = frozenset({_G})
 ADMIN_ONLY = frozenset({_A})
 
@@ -50,6 +51,8 @@ TOOL_ROLES: dict[str, frozenset[Role]] = {
     "workflow_template_save": STAFF,
     "workflow_template_list": EVERYONE,
     "workflow_template_get": EVERYONE,
+    "workflow_template_deprecate": STAFF,
+    "workflow_template_retire": STAFF,
     "approval_list": STAFF,
     "approval_decide": STAFF,
     "audit_query": STAFF,
@@ -80,6 +83,16 @@ TOOL_ROLES: dict[str, frozenset[Role]] = {
     "notification_channel_list": STAFF,
     "notification_channel_delete": ADMIN_ONLY,
     "notification_deliveries": STAFF,
+    "profile_list": READERS,
+    "profile_get": READERS,
+    "profile_export": STAFF,
+    "profile_register": STAFF,  # process profiles and peer secrets: the admin only (the service checks)
+    "profile_deprecate": STAFF,
+    "profile_retire": STAFF,
+    "profile_rollout_set": STAFF,
+    "scorecard": EVERYONE,  # an agent: itself and its descendants (the service checks)
+    "profile_compare": READERS,
+    "task_feedback": RUNS_WORK,  # the submitter, an operator, or a reviewing agent (the service checks)
 }
 
 # Tools an agent may call only when its profile's permissions.tools names them (a profile without

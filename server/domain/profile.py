@@ -16,6 +16,12 @@ from server.domain.resources import parse_name
 from server.errors import InvalidInput
 
 
+class ProfileState(StrEnum):
+    ACTIVE = "active"  # chosen by name and by ranges
+    DEPRECATED = "deprecated"  # spawned only when named exactly, or when no active version fits a range
+    RETIRED = "retired"  # no new spawns; agents already running keep their pinned version
+
+
 class Runtime(StrEnum):
     EXTERNAL = "external"  # the caller runs the agent; it connects with its token
     PROCESS = "process"  # the server starts the profile's command and supervises it

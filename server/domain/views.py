@@ -131,6 +131,17 @@ class TokenList(View):
     tokens: list[TokenView]
 
 
+class FeedbackView(View):
+    task_id: str
+    principal: str = Field(description="who gave it: a token name, admin, or an agent id")
+    role: str
+    rating: str | int = Field(description="good, bad, or a score 1-5")
+    note: str | None
+    tags: list[str]
+    created_at: str
+    updated_at: str = Field(description="later than created_at when the principal changed its feedback")
+
+
 class TaskView(View):
     id: str
     type: str
@@ -175,6 +186,9 @@ class TaskView(View):
     )
     approval: ApprovalView | None = Field(
         None, description="the approval the task waits or waited for: decision, who, note (task_submit, task_get)"
+    )
+    feedback: list[FeedbackView] | None = Field(
+        None, description="feedback on the finished task, one per principal, oldest first (task_get; null elsewhere)"
     )
 
 
@@ -464,3 +478,102 @@ class WorkflowTemplateView(View):
     created_at: str
     steps: list[str]
     definition: dict[str, Any]
+    state: str = Field(
+        "active", description="active, deprecated (runs only when named exactly or no active version fits), retired"
+    )
+
+
+class ProfileView(View):
+    name: str
+    version: str
+    ref: str = Field(description="name@version, for agent_spawn(profile=…)")
+    state: str = Field(description="active, deprecated (spawned only when named exactly) or retired (no new spawns)")
+    source: str = Field(description="file (imported from a profiles folder at start) or registered (profile_register)")
+    runtime: str
+    description: str
+    created: bool | None = Field(
+        None, description="profile_register: false when this exact version was already registered with this body"
+    )
+    created_by: str
+    created_at: str
+    updated_at: str
+    definition: dict[str, Any] | None = Field(None, description="the full definition (profile_get, profile_register)")
+
+
+class RolloutView(View):
+    name: str
+    versions: dict[str, int] = Field(description="version -> percent of spawns that name no version; sums to 100")
+    previous: dict[str, int] | None = Field(description="the rollout before this one: what a rollback returns to")
+    updated_by: str
+    updated_at: str
+
+
+class ProfileList(View):
+    profiles: list[ProfileView]
+    rollouts: list[RolloutView] = Field(description="rollouts of the listed names")
+
+
+class ProfileExport(View):
+    ref: str
+    yaml: str = Field(description="the definition as YAML: a file for AGENTFLEET_PROFILES_DIR or profile_register")
+    definition: dict[str, Any]
+
+
+class Percentiles(View):
+    p50: float | None = Field(description="seconds; null when no task had both ends")
+    p95: float | None
+
+
+class FeedbackCounts(View):
+    good: int
+    bad: int
+    scored: int = Field(description="feedback given as a score 1-5")
+    mean_score: float | None = Field(description="mean of the scores 1-5; null when none")
+
+
+class ScoreFigures(View):
+    since: str
+    until: str
+    completed: int
+    failed: int
+    dead: int
+    finished: int = Field(description="completed + failed + dead in the period (by finish time)")
+    success_rate: float | None = Field(description="completed / finished; null when nothing finished")
+    retries_per_task: float | None = Field(description="mean attempts beyond the first")
+    queue_wait_s: Percentiles = Field(description="submission to first start")
+    run_time_s: Percentiles = Field(description="first start to end, retries included")
+    cost_usd: str = Field(description="spend recorded against these tasks (usage ledger)")
+    cost_per_task_usd: str | None
+    feedback: FeedbackCounts
+
+
+class ScorecardView(View):
+    scope: str
+    period: str
+    current: ScoreFigures
+    previous: ScoreFigures = Field(description="the period before, of the same length")
+    trend: dict[str, float | None] = Field(
+        description="current minus previous: finished, success_rate (fraction), retries_per_task, "
+        "run_time_p50_s, queue_wait_p50_s, cost_per_task_usd, mean_score"
+    )
+
+
+class Significance(View):
+    test: str = Field(description="which test: two-proportion z-test, Mann-Whitney U (normal approximation)")
+    statistic: float | None
+    p_value: float | None = Field(description="two-sided; null when there is too little data")
+    significant: bool = Field(description="p < 0.05")
+    sample: str = Field(description="what the test was run on")
+
+
+class ProfileComparison(View):
+    name: str
+    version_a: str
+    version_b: str
+    period: str
+    a: ScoreFigures
+    b: ScoreFigures
+    difference: dict[str, float | None] = Field(description="b minus a, for the same figures as a scorecard's trend")
+    success_rate_test: Significance
+    run_time_test: Significance
+    verdict: str = Field(description="the comparison in a sentence or two, naming each test and its p-value")

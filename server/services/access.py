@@ -19,6 +19,12 @@ class AccessPolicy:
     def __init__(self, profiles: ProfileRegistry) -> None:
         self._profiles = profiles
 
+    async def ensure_current(self, principal: Principal) -> None:
+        """An agent spawned (on another replica) from a version this server has not loaded yet:
+        read the registry first, so its own version's rules apply, never a guess."""
+        if principal.role is Role.AGENT and principal.profile and not self._profiles.knows(principal.profile):
+            await self._profiles.refresh()
+
     def profile_of(self, principal: Principal) -> Profile | None:
         """An agent's profile: the version it was spawned from, else the newest of that name."""
         if principal.role is not Role.AGENT or principal.profile is None:

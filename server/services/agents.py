@@ -189,7 +189,8 @@ class AgentService:
         a2a_url: str | None = None,
         runtime: Runtime | None = None,
     ) -> SpawnedAgent:
-        chosen = self._profiles.resolve(profile)
+        await self._profiles.refresh()  # a version registered on another replica a moment ago counts
+        chosen, chosen_by = self._profiles.choose(profile)
         if runtime is not None and chosen.runtime is not runtime:
             raise InvalidInput(
                 f"profile {chosen.ref} has runtime {chosen.runtime.value}, not {runtime.value}"
@@ -224,6 +225,7 @@ class AgentService:
             sorted({*chosen.pools, *pools}),
             launch,
             frozenset(extra),
+            chosen_by,
         )
         if launch.next_start_at is not None and self.runner is not None:
             self.runner.wake()
@@ -258,6 +260,7 @@ class AgentService:
         pools: list[str],
         launch: Launch,
         extra_capabilities: frozenset[str] = frozenset(),
+        chosen_by: str = "exact",
     ) -> Row[Any]:
         now = self._clock.now_us()
         depth = 0
@@ -298,7 +301,7 @@ class AgentService:
             principal,
             "agent.spawn",
             agent_id,
-            {"profile": chosen.ref, "parent_id": parent_id, "runtime": chosen.runtime.value},
+            {"profile": chosen.ref, "parent_id": parent_id, "runtime": chosen.runtime.value, "chosen_by": chosen_by},
         )
         data = {"profile": chosen.ref, "parent_id": parent_id, "runtime": chosen.runtime.value}
         events.emit(conn, now, "agent.spawned", agent_id, data, actor=principal, agent_id=agent_id, owner=principal.id)
@@ -347,7 +350,7 @@ class AgentService:
             raise NotFound(f"no agent {parent_id}")
         if parent.status not in _LIVE:
             raise Conflict(f"parent {parent_id} is {parent.status}; only a live agent can have children")
-        parent_profile = self._profiles.resolve(f"{parent.profile}@{parent.profile_version}")
+        parent_profile = self._profiles.pinned(conn, parent.profile, parent.profile_version)
         widened = widened_fields(parent_profile, chosen)
         if widened:
             raise PermissionDenied(
@@ -491,7 +494,7 @@ class AgentService:
             if row.status == AgentStatus.STOPPING and graceful:
                 stopping.append(row.id)  # already draining: keep its deadline
                 continue
-            spec = self._profiles.resolve(f"{row.profile}@{row.profile_version}").process
+            spec = self._profiles.pinned(conn, row.profile, row.profile_version).process
             grace_us = int(spec.stop_timeout_s * MICROS) if graceful and spec is not None else 0
             stopped = conn.execute(
                 update(agents)

@@ -19,6 +19,7 @@ from server.domain.profile import Autoscale, Profile
 from server.domain.statuses import AgentStatus, TaskStatus
 from server.services import audit
 from server.services.agents import AgentService, Launch
+from server.services.profiles import ProfileRegistry
 from server.store.database import Database
 from server.store.dialect import json_subset
 from server.store.tables import agents, task_attempts, tasks
@@ -39,15 +40,21 @@ def desired_agents(policy: Autoscale, demand: int) -> int:
 
 
 class AutoscaleService:
-    def __init__(self, db: Database, clock: Clock, agents_service: AgentService, profiles: list[Profile]) -> None:
+    def __init__(self, db: Database, clock: Clock, agents_service: AgentService, profiles: ProfileRegistry) -> None:
         self._db = db
         self._clock = clock
         self._agents = agents_service
-        self._scaled = [(p, p.autoscale) for p in profiles if p.autoscale is not None]
+        self._profiles = profiles
         self._servable = text(
             "SELECT COUNT(*) FROM orch_tasks WHERE status = 'queued' AND pinned_agent_id IS NULL "
             "AND ready_at <= :now AND " + json_subset(db.dialect, "orch_tasks.capabilities", ":caps")
         )
+
+    @property
+    def _scaled(self) -> list[tuple[Profile, Autoscale]]:
+        """Each autoscaled name's policy, from the version spawns naming no version get (read from
+        the registry each pass: a version registered or retired since start counts)."""
+        return [(p, p.autoscale) for p in self._profiles.autoscaled() if p.autoscale is not None]
 
     @property
     def active(self) -> bool:
@@ -57,6 +64,7 @@ class AutoscaleService:
         """One pass over the autoscaled profiles: a read to see whether anything should change, a
         write (under the fleet-size turn, re-deciding there) only when something should."""
         changes = []
+        await self._profiles.refresh()
         for profile, policy in self._scaled:
             if await self._db.read(self._plan_tx, profile, policy) != (0, 0):
                 scaled = await self._db.write(self._rebalance_tx, profile, policy, replica_id)
@@ -81,16 +89,20 @@ class AutoscaleService:
         now = self._clock.now_us()
         added = []
         for _ in range(min(add, room)):
+            chosen, chosen_by = self._profiles.choose(profile.name)  # the rollout's pick, when there is one
+            if chosen.runtime is not profile.runtime:  # only process agents are autoscaled
+                chosen, chosen_by = profile, "newest"
             row = self._agents.spawn_in(
                 conn,
                 AUTOSCALER,
-                profile,
-                sorted(profile.capabilities),
+                chosen,
+                sorted(chosen.capabilities),
                 None,
                 None,
                 {"autoscaled": "true"},
-                sorted(profile.pools),
+                sorted(chosen.pools),
                 Launch(replica_id=replica_id, next_start_at=now),
+                chosen_by=chosen_by,
             )
             added.append(row.id)
         retired: list[str] = []

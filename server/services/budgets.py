@@ -107,6 +107,8 @@ class BudgetService:
         approval_above = None if approval_above_usd is None else to_micros(approval_above_usd, "approval_above_usd")
         chosen = check_thresholds(tuple(thresholds) if thresholds is not None else DEFAULT_THRESHOLDS)
         if parsed.kind == "profile":
+            if not self._profiles.has_name(parsed.name):
+                await self._profiles.refresh()  # registered on another replica a moment ago?
             self._profiles.resolve(parsed.name)  # a typo is invalid_input, not a budget nobody is under
         return await self._db.write(self._set_tx, principal, parsed, limit, period, chosen, enforcement, approval_above)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from server.clock import Clock, SystemClock
 from server.domain.approval import Decision
@@ -23,6 +24,7 @@ from server.services.events.service import EventService
 from server.services.events.trigger_loop import TriggerRunner
 from server.services.events.triggers import TriggerService
 from server.services.events.wakeups import EventWakeups
+from server.services.feedback import FeedbackService
 from server.services.fleet import FleetService
 from server.services.gate import Gate
 from server.services.leases import LeaseService
@@ -31,8 +33,10 @@ from server.services.messages.recipients import RecipientResolver
 from server.services.messages.service import MessageService
 from server.services.peers import PeerService
 from server.services.pricing import PriceTable
-from server.services.profiles import ProfileRegistry, shipped_profiles_dir
+from server.services.profile_catalog import ProfileCatalog
+from server.services.profiles import ProfileRegistry, load_profile_folders, shipped_profiles_dir
 from server.services.rate_limits import RateLimiter
+from server.services.scorecards import ScorecardService
 from server.services.signals import KeyedSignals, TaskSignals
 from server.services.supervision import SupervisionService
 from server.services.task_ends import TaskEnds
@@ -52,6 +56,9 @@ class Services:
     db: Database
     clock: Clock
     profiles: ProfileRegistry
+    profile_catalog: ProfileCatalog
+    feedback: FeedbackService
+    scorecards: ScorecardService
     auth: Authenticator
     agents: AgentService
     tasks: TaskService
@@ -94,23 +101,30 @@ class Services:
         self.db.dispose()
 
 
-def load_profiles(settings: Settings) -> ProfileRegistry:
+def profile_folders(settings: Settings) -> list[Path]:
     folders = [shipped_profiles_dir()]
     if settings.profiles_dir is not None:
         folders.append(settings.profiles_dir)
-    return ProfileRegistry.load(folders)
+    return folders
 
 
 def build_services(
     settings: Settings, admin_token: str, clock: Clock | None = None, run_migrations: bool = True
 ) -> Services:
     clock = clock or SystemClock()
-    profiles = load_profiles(settings)
+    folders = profile_folders(settings)
+    files = load_profile_folders(folders)  # a broken file stops the start before the store is touched
     db = Database(create_store_engine(settings.resolved_database_url))
+    profiles = ProfileRegistry()
+    catalog = ProfileCatalog(db, clock, profiles)
     if run_migrations:
         check_reachable(db.engine)
         migrate.upgrade(db.engine)
         claim_admin_identity(db, clock, admin_token)
+        catalog.import_files(files)
+    else:  # another process migrated the store and imported the files
+        profiles.attach(db)
+        profiles.refresh_sync()
     task_ends = TaskEnds()
     signals = TaskSignals()
     lock_signals = KeyedSignals()
@@ -146,6 +160,9 @@ def build_services(
         db=db,
         clock=clock,
         profiles=profiles,
+        profile_catalog=catalog,
+        feedback=FeedbackService(db, clock),
+        scorecards=ScorecardService(db, clock),
         auth=Authenticator(db, clock, admin_token),
         agents=agents,
         tasks=tasks,
@@ -164,7 +181,7 @@ def build_services(
         approvals=ApprovalService(db, clock, signals, task_ends),
         supervision=SupervisionService(db, clock, profiles, leases, locks, settings.resolved_replica_id),
         peers=PeerService(db, clock, profiles, leases, locks, settings.resolved_replica_id),
-        autoscaling=AutoscaleService(db, clock, agents, profiles.autoscaled()),
+        autoscaling=AutoscaleService(db, clock, agents, profiles),
         workflows=workflows,
         workflow_templates=workflow_templates,
         events=EventService(db, clock, event_bus),

@@ -44,6 +44,7 @@ class Gate:
         """`request` is a tool name (A2A operations use the tool they stand for). Takes a token
         from the caller's rate bucket and, for an agent, records that it was heard from: one
         transaction, none at all for the admin."""
+        await self._access.ensure_current(principal)
         self._access.check_tool(principal, request)
         rate = self._limiter.rate_for(principal)
         if rate is not None or principal.agent_id is not None:

@@ -73,6 +73,8 @@ class SupervisionService:
         if await self._db.read(self._unassigned_tx):
             await self._db.write(self._adopt_unassigned_tx)
         rows = await self._db.read(self._watched_tx)
+        if any(not self._profiles.knows(f"{row.profile}@{row.profile_version}") for row in rows):
+            await self._profiles.refresh()  # spawned from a version registered on another replica
         return [self._supervised(row) for row in rows]
 
     @staticmethod
@@ -179,7 +181,7 @@ class SupervisionService:
         row = conn.execute(select(agents).where(agents.c.id == agent_id)).first()
         if row is None or row.pid != pid or row.status not in _RUNNABLE or row.next_start_at is not None:
             return None, []
-        policy = self._profiles.resolve(f"{row.profile}@{row.profile_version}").restart
+        policy = self._profiles.pinned(conn, row.profile, row.profile_version).restart
         failed = row.restarts >= policy.max_restarts
         if failed:
             values: dict[str, Any] = {"status": AgentStatus.FAILED.value, "token_hash": None, "next_start_at": None}

@@ -10,7 +10,7 @@ from server.clock import to_iso
 from server.domain.money import usd
 from server.domain.priority import Priority
 from server.domain.statuses import LockStatus
-from server.domain.views import ApprovalView, AttemptView, LockItemView, TaskView
+from server.domain.views import ApprovalView, AttemptView, FeedbackView, LockItemView, TaskView
 from server.store.tables import lock_items, locks, task_attempts
 
 
@@ -19,6 +19,7 @@ def task_view(
     attempts: list[AttemptView] | None = None,
     locks: list[LockItemView] | None = None,
     approval: ApprovalView | None = None,
+    feedback: list[FeedbackView] | None = None,
 ) -> TaskView:
     # model_construct: the row already satisfies every constraint the model states.
     return TaskView.model_construct(
@@ -53,6 +54,7 @@ def task_view(
         locks=locks,
         attempt_history=attempts,
         approval=approval,
+        feedback=feedback,
         timeout_s=row.timeout_s,
     )
 

@@ -34,6 +34,7 @@ from server.services.approval_rows import (
     withdraw,
 )
 from server.services.events import log as events
+from server.services.feedback import feedback_of
 from server.services.profiles import ProfileRegistry
 from server.services.signals import TaskSignals
 from server.services.task_ends import TaskEnds
@@ -238,6 +239,8 @@ class TaskService:
             or conn.execute(self._agent_covers, {"need": json.dumps(sorted(need))}).first() is not None
         ):
             return True
+        if self._profiles.refresh_from(conn):  # a profile registered on another replica may cover it
+            return self._routable(conn, spec)
         if spec.allow_unroutable:
             return False
         known = self._profiles.capabilities() | self._live_capabilities(conn)
@@ -294,6 +297,7 @@ class TaskService:
             attempt_history(conn, task_id),
             task_locks(conn, task_id) if row.has_locks else None,
             approval=approval_of(conn, row),
+            feedback=feedback_of(conn, task_id),
         )
 
     @staticmethod

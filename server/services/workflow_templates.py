@@ -8,13 +8,14 @@ from pathlib import Path
 from typing import Any
 
 from semantic_version import NpmSpec, Version
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, select, update
 
 from server.clock import Clock, to_iso
 from server.domain.principal import SHIPPED, Principal
+from server.domain.profile import ProfileState
 from server.domain.views import WorkflowTemplateList, WorkflowTemplateSummary, WorkflowTemplateView
 from server.domain.workflow_definition import WorkflowDefinition, parse_definition
-from server.errors import Conflict, InvalidInput, NotFound
+from server.errors import Conflict, InvalidInput, NotFound, PermissionDenied
 from server.services import audit
 from server.store.database import Database
 from server.store.dialect import insert_ignoring_duplicates
@@ -37,23 +38,42 @@ def split_ref(ref: str) -> tuple[str, str | None]:
 
 
 def resolve_template(conn: Connection, ref: str) -> tuple[dict[str, Any], str]:
-    """(the definition, "name@version") of the newest version `ref` admits."""
+    """(the definition, "name@version") of the newest version `ref` admits: an active one, else a
+    deprecated one; a version named exactly may be deprecated; a retired version never runs."""
     name, wanted = split_ref(ref)
     rows = conn.execute(
-        select(workflow_templates.c.version, workflow_templates.c.definition).where(workflow_templates.c.name == name)
+        select(workflow_templates.c.version, workflow_templates.c.definition, workflow_templates.c.state).where(
+            workflow_templates.c.name == name
+        )
     ).all()
     if not rows:
         raise NotFound(f"no workflow template {name}; save one with workflow_template_save")
-    by_version = {Version(row.version): row.definition for row in rows}
+    by_version = {Version(row.version): row for row in rows}
     try:
         spec = NpmSpec(wanted or "*")
     except ValueError as exc:
         raise InvalidInput(f"template reference {ref!r}: {exc}; write name@1.2.0, name@^1 or name@~1.2") from exc
-    best = spec.select(by_version)
-    if best is None:
+    admitted = [v for v in by_version if v in spec]
+    if not admitted:
         known = ", ".join(str(v) for v in sorted(by_version))
         raise NotFound(f"no version of {name} matches {wanted}; there are {known}")
-    return by_version[best], f"{name}@{best}"
+    for state in (ProfileState.ACTIVE, ProfileState.DEPRECATED):  # one version named exactly: either state
+        live = [v for v in admitted if by_version[v].state == state.value]
+        if live:
+            best = max(live)
+            return by_version[best].definition, f"{name}@{best}"
+    raise Conflict(
+        f"{name}: every version {wanted or ''} admits is retired ({', '.join(str(v) for v in sorted(admitted))}); "
+        "save a new version"
+    )
+
+
+def _is_version(text: str) -> bool:
+    try:
+        Version(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _version(text: str) -> str:
@@ -139,6 +159,33 @@ class WorkflowTemplateService:
         ).one()
         return _view(row, created=False)
 
+    async def set_state(self, principal: Principal, ref: str, state: ProfileState) -> WorkflowTemplateView:
+        if not principal.can_operate:
+            raise PermissionDenied("changing a template's state is for admins and operators")
+        name, wanted = split_ref(ref)
+        if wanted is None or not _is_version(wanted):
+            raise InvalidInput(f"{ref!r} is not name@version (e.g. research-review-report@1.0.0)")
+        return await self._db.write(self._state_tx, principal, name, str(Version(wanted)), state)
+
+    def _state_tx(
+        self, conn: Connection, principal: Principal, name: str, version: str, state: ProfileState
+    ) -> WorkflowTemplateView:
+        where = (workflow_templates.c.name == name, workflow_templates.c.version == version)
+        row = conn.execute(select(workflow_templates).where(*where)).first()
+        if row is None:
+            raise NotFound(f"no workflow template {name}@{version}; workflow_template_list shows what exists")
+        order = list(ProfileState)
+        current = ProfileState(row.state)
+        if current is state:
+            return _view(row, created=False)
+        if order.index(state) < order.index(current):
+            raise Conflict(f"template {name}@{version} is {current.value}; a version never goes back to {state.value}")
+        now = self._clock.now_us()
+        conn.execute(update(workflow_templates).where(*where).values(state=state.value))
+        action = "workflow.template_retire" if state is ProfileState.RETIRED else "workflow.template_deprecate"
+        audit.record(conn, now, principal, action, f"{name}@{version}", {"from": current.value, "to": state.value})
+        return _view(conn.execute(select(workflow_templates).where(*where)).one(), created=False)
+
     def seed_shipped(self, folder: Path) -> None:
         """Make the shipped templates available on this store (once per version; never replaced)."""
         now = self._clock.now_us()
@@ -169,6 +216,7 @@ def _stored(parsed: WorkflowDefinition, version: str) -> dict[str, Any]:
 
 def _view(row: Any, created: bool) -> WorkflowTemplateView:
     return WorkflowTemplateView(
+        state=row.state,
         name=row.name,
         version=row.version,
         ref=f"{row.name}@{row.version}",

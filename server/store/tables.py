@@ -483,6 +483,9 @@ workflow_templates = Table(
     Column("definition", JSON, nullable=False),
     Column("created_by", String(60), nullable=False),
     Column("created_at", BigInteger, nullable=False),
+    # active | deprecated (run only when named exactly, or when no active version fits) | retired (never run)
+    Column("state", String(20), nullable=False, server_default=text("'active'")),
+    CheckConstraint(_one_of("state", ["active", "deprecated", "retired"]), name="state"),
 )
 
 # One row per workflow run: its definition as validated, its inputs, and where it stands. The
@@ -710,3 +713,58 @@ topic_subscriptions = Table(
     Column("principal", String(60), primary_key=True),
     Column("created_at", BigInteger, nullable=False),
 )
+# Profiles as data: immutable (name, version) definitions with a lifecycle state. `revision` is
+# drawn from one counter shared with rollouts, so a replica learns whether its copy is current
+# from max(revision) alone (an index lookup).
+profiles = Table(
+    "orch_profiles",
+    metadata,
+    Column("name", String(100), primary_key=True),
+    Column("version", String(40), primary_key=True),
+    Column("definition", JSON, nullable=False),
+    Column("state", String(20), nullable=False),
+    Column("source", String(20), nullable=False),  # file | registered
+    Column("created_by", String(60), nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+    Column("revision", BigInteger, nullable=False, unique=True),
+    CheckConstraint(_one_of("state", ["active", "deprecated", "retired"]), name="state"),
+    CheckConstraint(_one_of("source", ["file", "registered"]), name="source"),
+)
+
+# A profile name's rollout: the weights (percent, summing to 100) by version that spawns naming no
+# version follow; `previous` is what a rollback returns to.
+profile_rollouts = Table(
+    "orch_profile_rollouts",
+    metadata,
+    Column("name", String(100), primary_key=True),
+    Column("versions", JSON, nullable=False),
+    Column("previous", JSON(none_as_null=True), nullable=True),
+    Column("updated_by", String(60), nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+    Column("revision", BigInteger, nullable=False, unique=True),
+)
+
+# Feedback on finished work: one row per (task, principal), changeable. A rating is good/bad or a
+# score 1-5, never both.
+task_feedback = Table(
+    "orch_task_feedback",
+    metadata,
+    Column("task_id", String(ID), ForeignKey("orch_tasks.id"), primary_key=True),
+    Column("principal", String(60), primary_key=True),
+    Column("role", String(20), nullable=False),
+    Column("good", Boolean, nullable=True),
+    Column("score", SmallInteger, nullable=True),
+    Column("note", Text, nullable=True),
+    Column("tags", JSON, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+    CheckConstraint("(good IS NULL) <> (score IS NULL)", name="one_rating"),
+    CheckConstraint("score IS NULL OR score BETWEEN 1 AND 5", name="score"),
+)
+
+# Scorecards read finished tasks by holder or type over a period from these indexes alone.
+Index("ix_orch_tasks_agent_finished", tasks.c.agent_id, tasks.c.finished_at)
+Index("ix_orch_tasks_type_finished", tasks.c.type, tasks.c.finished_at)
+Index("ix_orch_agents_profile_version", agents.c.profile, agents.c.profile_version)
+Index("ix_orch_usage_task", usage.c.task_id)

@@ -85,6 +85,19 @@ CONTRACT_TOOLS = ISSUE_2_TOOLS | {
     "token_list",
     "token_revoke",
     "token_rotate",
+    "profile_list",
+    "profile_get",
+    "profile_register",
+    "profile_deprecate",
+    "profile_retire",
+    "profile_export",
+    "profile_rollout_set",
+    "profile_compare",
+    "task_feedback",
+    "scorecard",
+    # Issue 24 asks for deprecated and retired templates without naming tools; the changelog lists them.
+    "workflow_template_deprecate",
+    "workflow_template_retire",
 }
 READ_ONLY_TOOLS = {
     "fleet_status",
@@ -110,6 +123,11 @@ READ_ONLY_TOOLS = {
     "message_inbox",
     "message_thread",
     "message_search",
+    "profile_list",
+    "profile_get",
+    "profile_export",
+    "profile_compare",
+    "scorecard",
 }
 DESTRUCTIVE_ISSUE_2_TOOLS = {"agent_terminate", "task_cancel"}
 PROTOCOL_OF_MODE = {"auto": "2026-07-28", "legacy": "2025-11-25"}

@@ -9,13 +9,15 @@ from pathlib import Path
 
 import anyio
 import pytest
+import yaml
+from sqlalchemy import select
 
 from server.clock import FakeClock
 from server.runtime import process
 from server.runtime.supervisor import Supervisor
 from server.services.container import Services, build_services
 from server.settings import Settings
-from server.store.tables import agents
+from server.store.tables import agents, audit_log
 from tests.conftest import ADMIN_TOKEN, connector
 from tests.helpers import call
 
@@ -118,3 +120,33 @@ async def test_scales_out_with_demand_up_to_max_and_in_after_idling_down_to_min(
         audit = await call(admin, "audit_query", action="agent.scale_in", limit=10)
     assert sorted(row["subject"] for row in audit["entries"]) == sorted(retired)
     assert running(agents[0])
+
+
+async def test_scale_out_follows_the_rollout_of_a_version_registered_at_runtime(scaled):
+    services, _ = scaled
+    async with connector(services)() as admin:
+        await call(admin, "profile_register", definition=yaml.safe_load(NAPPER) | {"version": "1.1.0"})
+        await call(admin, "profile_rollout_set", name="napper", versions={"1.0.0": 50, "1.1.0": 50})
+        for _ in range(6):
+            await call(admin, "task_submit", type="nap", capabilities=["nap"])
+    services.profiles.rng.seed(7)
+    changes = await services.autoscaling.rebalance("replica-test")
+    assert len(changes) == 1 and len(changes[0].added) == 3  # max 3
+    with services.db.engine.connect() as conn:
+        versions = {
+            row.id: row.profile_version
+            for row in conn.execute(select(agents.c.id, agents.c.profile_version).where(agents.c.profile == "napper"))
+        }
+        chosen = [
+            detail["chosen_by"]
+            for detail in conn.execute(
+                select(audit_log.c.detail).where(
+                    audit_log.c.action == "agent.spawn", audit_log.c.subject.in_(changes[0].added)
+                )
+            ).scalars()
+        ]
+    assert set(versions) == set(changes[0].added)
+    assert set(versions.values()) <= {"1.0.0", "1.1.0"} and chosen == ["rollout"] * 3
+    services.profiles.rng.seed(7)
+    expected = [services.profiles.choose("napper")[0].version for _ in range(3)]
+    assert sorted(versions.values()) == sorted(expected)  # the seeded rollout's picks, recorded per agent

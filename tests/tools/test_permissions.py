@@ -96,6 +96,11 @@ def later() -> str:
 
 # Hard-coded so the walk below is not only the table checking itself.
 KEY_EXPECTATIONS: list[tuple[Role, str, bool]] = [
+    (Role.AGENT, "profile_register", False),  # an agent never writes the rules it runs under
+    (Role.AGENT, "profile_rollout_set", False),
+    (Role.VIEWER, "profile_register", False),
+    (Role.OPERATOR, "profile_register", True),
+    (Role.VIEWER, "profile_list", True),
     (Role.VIEWER, "task_submit", False),
     (Role.VIEWER, "task_cancel", False),
     (Role.VIEWER, "agent_spawn", False),
@@ -135,9 +140,8 @@ KEY_EXPECTATIONS: list[tuple[Role, str, bool]] = [
     (Role.ADMIN, "approval_decide", True),
 ]
 
-# Let in at the door, but the service has nothing for this caller to do.
-# (role, tool) allowed by the role table but refused for this fleet's agent: its profile names no
-# trigger tools and no topics.
+# (role, tool) allowed by the role table but refused for this fleet's agent by the service: its
+# profile names no trigger tools and no topics, and it may not rate work it ran.
 ALLOWED_BUT: dict[tuple[Role, str], str] = {
     **{
         (Role.AGENT, tool): "permission_denied"
@@ -151,6 +155,7 @@ ALLOWED_BUT: dict[tuple[Role, str], str] = {
         )
     },
     (Role.AGENT, "topic_subscribe"): "permission_denied",
+    (Role.AGENT, "task_feedback"): "permission_denied",  # agent A ran the task: no rating its own work
 }
 
 ROLES = [Role.ADMIN, Role.OPERATOR, Role.VIEWER, Role.AGENT]
@@ -377,6 +382,38 @@ def _with(build: Callable[[Fleet], dict[str, Any]]) -> Arguments:
     return arguments_for
 
 
+async def _finished(f: Fleet, ok: bool) -> dict[str, Any]:
+    """A task the admin submitted and agent A completed."""
+    task_id = await _leased_to_me(f)
+    await call(f.agent_client, "task_complete", task_id=task_id, result={"ok": True})
+    return {"task_id": task_id, "rating": "good"}
+
+
+async def _saved_template(f: Fleet, ok: bool) -> dict[str, Any]:
+    saved = await call(f.admin, "workflow_template_save", definition=_workflow(f), version="1.0.0")
+    return {"template": saved["ref"]}
+
+
+async def _scorecard(f: Fleet, ok: bool) -> dict[str, Any]:
+    return {"scope": f"agent:{f.agent}" if f.role is Role.AGENT else "task_type:build", "period": "24h"}
+
+
+async def _compare(f: Fleet, ok: bool) -> dict[str, Any]:
+    newer = {"name": "worker", "version": "1.1.0", "description": "a second version to compare"}
+    await call(f.admin, "profile_register", definition=newer)  # the same body again changes nothing
+    return {"name": "worker", "version_a": "1.0.0", "version_b": "1.1.0"}
+
+
+def _profile(f: Fleet) -> dict[str, Any]:
+    return {"name": f.unique("walk-"), "version": "1.0.0", "description": "a profile for the walk"}
+
+
+async def _registered_version(f: Fleet, ok: bool) -> dict[str, Any]:
+    """A version to deprecate or retire: a fresh one, registered by the admin."""
+    made = await call(f.admin, "profile_register", definition=_profile(f))
+    return {"profile": made["ref"]}
+
+
 ARGUMENTS: dict[str, Arguments] = {
     "fleet_status": _fixed(),
     "agent_list": _fixed(),
@@ -438,6 +475,18 @@ ARGUMENTS: dict[str, Arguments] = {
     "notification_channel_list": _fixed(),
     "notification_channel_delete": _channel_delete,
     "notification_deliveries": _fixed(),
+    "profile_list": _fixed(),
+    "profile_get": _fixed(profile="worker"),
+    "profile_export": _fixed(profile="worker@1.0.0"),
+    "profile_register": _with(lambda f: {"definition": _profile(f)}),
+    "profile_deprecate": _registered_version,
+    "profile_retire": _registered_version,
+    "profile_rollout_set": _fixed(name="worker", versions={"1.0.0": 100}),
+    "task_feedback": _finished,
+    "scorecard": _scorecard,
+    "workflow_template_deprecate": _saved_template,
+    "workflow_template_retire": _saved_template,
+    "profile_compare": _compare,
 }
 
 
