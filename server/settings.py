@@ -75,6 +75,7 @@ class Settings:
     # A2A push URLs are registered by peers: refuse private, loopback and link-local addresses
     # unless this is set (a fleet whose A2A clients live on its own network, or tests).
     push_allow_private: bool = False
+    tool_output_schemas: bool = False
 
     @property
     def resolved_database_url(self) -> str:
@@ -161,6 +162,7 @@ def load_settings(env: Mapping[str, str] | None = None, **flags: Any) -> Setting
         notify_backoff_cap_ms=_int(env, "NOTIFY_BACKOFF_CAP_MS", 300_000),
         notify_keep_s=_int(env, "NOTIFY_KEEP_S", 7 * 86_400),
         push_allow_private=_choice(env, "PUSH_ALLOW_PRIVATE", "false", ("true", "false")) == "true",
+        tool_output_schemas=_choice(env, "TOOL_OUTPUT_SCHEMAS", "false", ("true", "false")) == "true",
     )
     if from_env.rate_limit_burst < 1:
         raise InvalidInput(f"{ENV_PREFIX}RATE_LIMIT_BURST must be at least 1, got {from_env.rate_limit_burst}")

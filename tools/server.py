@@ -43,6 +43,20 @@ def as_fleet_error(exc: ToolError, tool: str) -> FleetError:
     return Unavailable("the server hit an internal error; it is logged. Retry, or report it if it persists")
 
 
+def without_titles(schema: Any) -> Any:
+    """A JSON schema without the `title` of each property and model: pydantic derives them from the
+    names ("Task Id"), so they repeat what the names say."""
+    if isinstance(schema, dict):
+        return {
+            key: without_titles(value)
+            for key, value in schema.items()
+            if not (key == "title" and isinstance(value, str))
+        }
+    if isinstance(schema, list):
+        return [without_titles(value) for value in schema]
+    return schema
+
+
 def _reject_unknown_arguments(tool: str, schema: dict[str, Any], arguments: dict[str, Any]) -> None:
     """The SDK ignores unknown arguments; a misspelt `priorty` must not silently become the default."""
     known = set(schema.get("properties", {}))
@@ -59,6 +73,7 @@ class FleetMCPServer(MCPServer[Any]):
         self._metrics = metrics
         self._state = state
         self._type_checks: dict[str, Check] = {}  # compiled once per tool, from its fixed schema
+        self._listed: dict[str, MCPTool] = {}
 
     async def list_tools(self) -> list[MCPTool]:
         """Each caller sees the tools its role and profile let it call, described without the
@@ -69,11 +84,23 @@ class FleetMCPServer(MCPServer[Any]):
             return []
         access = self._state.services.access
         await access.ensure_current(principal)
-        return [
-            tool.model_copy(update={"description": inspect.cleandoc(tool.description or "")})
-            for tool in await super().list_tools()
-            if access.allows_tool(principal, tool.name)
-        ]
+        return [self._lean(tool) for tool in await super().list_tools() if access.allows_tool(principal, tool.name)]
+
+    def _lean(self, tool: MCPTool) -> MCPTool:
+        """The tool as listed: descriptions without indentation, schemas without pydantic's generated
+        titles, and no output schema unless AGENTFLEET_TOOL_OUTPUT_SCHEMAS=true. Output schemas were
+        two thirds of the list (173 KB for the admin); results still carry structured content, and
+        docs/tools.md describes every field. Built once per tool."""
+        listed = self._listed.get(tool.name)
+        if listed is None:
+            update: dict[str, Any] = {
+                "description": inspect.cleandoc(tool.description or ""),
+                "input_schema": without_titles(tool.input_schema),
+            }
+            if not self._state.services.settings.tool_output_schemas:
+                update["output_schema"] = None
+            listed = self._listed[tool.name] = tool.model_copy(update=update)
+        return listed
 
     def _check_arguments(self, name: str, schema: dict[str, Any], arguments: dict[str, Any]) -> None:
         """Before anything runs: known names, exact JSON types, text every store can hold."""

@@ -10,7 +10,6 @@ import logging
 import anyio
 import psycopg
 
-from server.errors import Unavailable
 from server.services.container import Services
 from server.services.events.log import EVENT_CHANNEL
 from server.store.dialect import TASK_CHANNEL, listen
@@ -27,13 +26,10 @@ async def listen_for_wakeups(services: Services) -> None:
                 if not channel:  # subscribed: anything changed while we were not is found by re-checks
                     delay = 0.5
                     services.signals.wake_all()
-                    await services.wakeups.start()
+                    services.wakeups.subscribed()
                     continue
                 if channel == EVENT_CHANNEL:
-                    try:
-                        await services.wakeups.catch_up()
-                    except Unavailable as exc:  # the store blinked: the waiters' re-checks cover it
-                        log.warning("could not read new events (%s)", exc)
+                    services.wakeups.notified()
                 else:
                     _deliver(services, payload)
         except (psycopg.Error, OSError) as exc:

@@ -72,11 +72,21 @@ class TriggerRunner:
     async def run_due_schedules(self) -> int:
         """Fire every schedule that is due; returns how many triggers were handled."""
         handled = 0
+        if not await self._db.read(self._anything_due_tx):
+            return 0  # the usual round: a read, not a turn at the write lock twice a second
         while True:
             batch = await self._db.write(self._due_tx)
             handled += batch
             if batch < SCHEDULE_BATCH:
                 return handled
+
+    def _anything_due_tx(self, conn: Connection) -> bool:
+        due = select(triggers.c.id).where(
+            triggers.c.kind == TriggerKind.SCHEDULE.value,
+            triggers.c.next_due_at <= self._clock.now_us(),
+            triggers.c.enabled,
+        )
+        return conn.execute(due.limit(1)).first() is not None
 
     def _due_tx(self, conn: Connection) -> int:
         now = self._clock.now_us()

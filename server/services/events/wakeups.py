@@ -2,8 +2,8 @@
 and everyone following the log (event_list waits, /events streams, the trigger loop).
 
 In this process a committed write hands its events straight to `local` (no read). Other replicas'
-events arrive as one PostgreSQL NOTIFY on the events channel; `catch_up` then reads the log from
-this replica's cursor and wakes what the new events concern. Events this replica wrote itself were
+events arrive as one PostgreSQL NOTIFY on the events channel; this replica then reads the log from
+its own cursor and wakes what the new events concern. Events this replica wrote itself were
 already announced, so they are skipped.
 
 Claims are woken by their own NOTIFY (tasks.announce_ready): it carries a task's capabilities, so
@@ -11,14 +11,18 @@ exactly one matching claimer wakes, without waiting for the log's PostgreSQL hor
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections import deque
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from server.errors import Unavailable
 from server.services.events.log import EventBus, EventQuery, head_cursor, read_events
 from server.services.signals import KeyedSignals
 from server.store.database import Database
 
+log = logging.getLogger("agentfleet.notify")
 _LOCK_WAKERS = frozenset({"lock.granted", "lock.timed_out", "lock.cancelled"})
 _BATCH = 500
 _REMEMBERED = 4096
@@ -55,6 +59,8 @@ class EventWakeups:
         self._mine: deque[str] = deque(maxlen=_REMEMBERED)
         self._mine_set: set[str] = set()
         self._cursor: str | None = None
+        self._reader: asyncio.Future[None] | None = None
+        self._again = False
 
     def local(self, rows: list[dict[str, Any]]) -> None:
         """Events this process just committed (on the event loop)."""
@@ -71,17 +77,34 @@ class EventWakeups:
         self._mine.append(event_id)
         self._mine_set.add(event_id)
 
-    async def start(self) -> None:
-        """Subscribed (again): what happened meanwhile is found by each waiter's own re-check."""
-        self._cursor = await self._db.read(head_cursor)
+    def subscribed(self) -> None:
+        """Listening (again): what happened meanwhile is found by each waiter's own re-check, and
+        the log is followed from its head."""
+        self._cursor = None
         self._bus.wake()
         self._task_changes.wake_all()
+        self.notified()
 
-    async def catch_up(self) -> None:
-        """Another replica announced events: read them from our cursor and wake what they concern."""
+    def notified(self) -> None:
+        """Another replica announced events. A burst of notifications costs one read per batch, not
+        one per notification: while a read is under way, a notification only asks for one more."""
         self._bus.wake()
+        self._again = True
+        if self._reader is None or self._reader.done():
+            self._reader = asyncio.ensure_future(self._catch_up())
+
+    async def _catch_up(self) -> None:
+        while self._again:
+            self._again = False
+            try:
+                await self._read_new()
+            except Unavailable as exc:  # the store blinked: the waiters' own re-checks cover it
+                log.warning("could not read new events (%s)", exc)
+                return
+
+    async def _read_new(self) -> None:
         if self._cursor is None:
-            await self.start()
+            self._cursor = await self._db.read(head_cursor)
             return
         while True:
             batch, upto = await self._db.read(read_events, EventQuery((), None, self._cursor, _BATCH), None)
