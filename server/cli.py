@@ -180,7 +180,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     services = build_services(settings, admin.value)
     try:
         if args.stdio:
-            mcp = build_mcp(services, Metrics(services.fleet), default_token=settings.token)
+            mcp = build_mcp(services, Metrics(services.fleet, services.instruments), default_token=settings.token)
             _announce(settings, admin, stdio=True)
             anyio.run(_serve_stdio, mcp, services)
             return 0

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from server.clock import Clock, SystemClock
 from server.domain.approval import Decision
+from server.instruments import Instruments
 from server.services.a2a_records import A2ARecordService
 from server.services.access import AccessPolicy
 from server.services.admin_identity import claim_admin_identity
@@ -64,6 +65,7 @@ class Services:
     autoscaling: AutoscaleService
     workflows: WorkflowService
     workflow_templates: WorkflowTemplateService
+    instruments: Instruments
 
     def release_waiters(self) -> None:
         """Every parked claim, lock wait and stream returns now: the server is stopping."""
@@ -113,8 +115,9 @@ def build_services(
     access = AccessPolicy(profiles)
     audit = AuditService(db, clock)
     locks = LockService(db, clock, lock_signals, signals, settings.claim_recheck_s, access)
-    leases = LeaseService(db, clock, signals, locks, settings.claim_recheck_s, task_ends)
-    budgets = BudgetService(db, clock, profiles, PriceTable.load(settings.data_dir))
+    instruments = Instruments()
+    leases = LeaseService(db, clock, signals, locks, settings.claim_recheck_s, task_ends, instruments=instruments)
+    budgets = BudgetService(db, clock, profiles, PriceTable.load(settings.data_dir), instruments)
     agents = AgentService(db, clock, profiles, leases, locks, settings.max_agents)
     approval_terms = ApprovalTerms(settings.approval_timeout_s, Decision(settings.approval_on_expiry))
     tasks = TaskService(
@@ -157,4 +160,5 @@ def build_services(
         autoscaling=AutoscaleService(db, clock, agents, profiles.autoscaled()),
         workflows=WorkflowService(db, clock, tasks, access, task_ends),
         workflow_templates=workflow_templates,
+        instruments=instruments,
     )

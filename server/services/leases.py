@@ -24,6 +24,7 @@ from server.domain.principal import REAPER, Principal
 from server.domain.statuses import LIVE_AGENT_STATUSES, TaskStatus
 from server.domain.views import ClaimResult, LockItemView, TaskLease, TaskView
 from server.errors import Conflict, InvalidInput, LeaseExpired, NotFound, PermissionDenied
+from server.instruments import Instruments
 from server.services import audit
 from server.services.agent_rows import touch_agent
 from server.services.budget_rows import hold_for_dispatch, settle_task_hold
@@ -79,6 +80,7 @@ _END_ATTEMPT = (
     update(task_attempts)
     .where(task_attempts.c.task_id == bindparam("b_task"), task_attempts.c.number == bindparam("b_number"))
     .values(ended_at=bindparam("b_now", type_=BigInteger), outcome=bindparam("b_outcome"), error=bindparam("b_error"))
+    .returning(task_attempts.c.started_at)
 )
 
 
@@ -118,8 +120,10 @@ class LeaseService:
         claim_recheck_s: float,
         task_ends: TaskEnds,
         rng: Random | None = None,
+        instruments: Instruments | None = None,
     ) -> None:
         self._task_ends = task_ends
+        self._instruments = instruments or Instruments()
         self._db = db
         self._clock = clock
         self._signals = signals
@@ -247,6 +251,7 @@ class LeaseService:
         if row is None:
             return _ClaimOutcome(None, capabilities, agent.heartbeat_timeout_s, runs_payloads=runs)
         hold_for_dispatch(conn, agent, row.id, row.estimated_cost_micros, now)
+        self._instruments.claimed(row.type, now - row.ready_at)
         conn.execute(
             _START_ATTEMPT, {"task_id": row.id, "number": row.attempts, "agent_id": agent_id, "started_at": now}
         )
@@ -323,7 +328,7 @@ class LeaseService:
         row = conn.execute(_COMPLETE, {**_held(task_id, agent_id, now), "b_result": result, "b_usage": usage}).first()
         if row is None:
             self._explain_not_held(conn, task_id, agent_id, now)
-        self._end_attempt(conn, row.id, row.attempts, now, "completed", None)
+        self._end_attempt(conn, row, now, "completed", None)
         if row.has_locks:
             self._locks.release_for_task(conn, row.id, now, agent_id)
         if row.estimated_cost_micros:
@@ -439,7 +444,7 @@ class LeaseService:
         updated = conn.execute(update(tasks).where(*guard).values(**values).returning(*tasks.c)).first()
         if updated is None:
             raise Conflict(f"task {row.id} changed while it was being ended; retry")
-        self._end_attempt(conn, row.id, row.attempts, now, outcome, error)
+        self._end_attempt(conn, row, now, outcome, error)
         if row.has_locks:
             self._locks.release_for_task(conn, row.id, now, REAPER.id if lapsed else row.agent_id)
         if row.estimated_cost_micros:
@@ -450,12 +455,12 @@ class LeaseService:
             self._task_ends.ended(conn, updated)
         return task_view(updated), requeued
 
-    @staticmethod
-    def _end_attempt(conn: Connection, task_id: str, number: int, now: int, outcome: str, error: str | None) -> None:
-        conn.execute(
+    def _end_attempt(self, conn: Connection, row: Row[Any], now: int, outcome: str, error: str | None) -> None:
+        started = conn.execute(
             _END_ATTEMPT,
-            {"b_task": task_id, "b_number": number, "b_now": now, "b_outcome": outcome, "b_error": error},
-        )
+            {"b_task": row.id, "b_number": row.attempts, "b_now": now, "b_outcome": outcome, "b_error": error},
+        ).scalar()
+        self._instruments.attempt_ended(row.type, outcome, None if started is None else now - started)
 
     def announce_requeued(self, released: list[_Requeued | None]) -> None:
         """After a commit that released leases: wake local claimers for the requeued work."""
