@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from mcp.server.mcpserver import MCPServer
 from pydantic import Field, ValidationError
@@ -13,8 +13,14 @@ from server.domain.priority import Priority
 from server.domain.resources import MAX_RESOURCES, ResourceRequest
 from server.domain.statuses import TaskStatus
 from server.domain.task_spec import TASK_TYPE_PATTERN, TaskSpec
-from server.domain.views import ClaimResult, TaskLease, TaskList, TaskReceipt, TaskView
+from server.domain.views import ClaimResult, TaskLease, TaskList, TaskLogReceipt, TaskReceipt, TaskView
 from server.errors import InvalidInput
+from server.services.task_logs import (
+    MAX_LINE_CHARS,
+    MAX_LINES_PER_CALL,
+    MAX_TEXT_CHARS,
+    as_lines,
+)
 from tools.annotations import DESTRUCTIVE, READ_ONLY, WRITES
 from tools.arguments import Reason
 from tools.context import FleetContext, caller, services_of
@@ -129,7 +135,8 @@ def register(mcp: MCPServer) -> None:
 
     @mcp.tool(annotations=READ_ONLY)
     async def task_get(ctx: FleetContext, task_id: TaskId) -> TaskView:
-        """Show one task: status, who holds it, attempts, result or error."""
+        """Show one task: status, who holds it, attempts, result or error, and the newest lines of its log
+        (task_log)."""
         principal = await caller(ctx)
         return await services_of(ctx).tasks.get(principal, task_id)
 
@@ -222,3 +229,26 @@ def register(mcp: MCPServer) -> None:
         until max_attempts is used up (then the task is dead); others fail at once."""
         principal = await caller(ctx, reason)
         return await services_of(ctx).leases.fail(principal, task_id, error, retryable)
+
+    @mcp.tool(annotations=WRITES)
+    async def task_log(
+        ctx: FleetContext,
+        task_id: TaskId,
+        lines: Annotated[
+            list[Annotated[str, Field(max_length=MAX_LINE_CHARS)]] | None,
+            Field(min_length=1, max_length=MAX_LINES_PER_CALL, description="log lines, oldest first"),
+        ] = None,
+        text: Annotated[
+            str | None,
+            Field(min_length=1, max_length=MAX_TEXT_CHARS, description="instead of lines: text, split at line breaks"),
+        ] = None,
+        level: Annotated[
+            Literal["debug", "info", "warning", "error"], Field(description="the level of every line in this call")
+        ] = "info",
+    ) -> TaskLogReceipt:
+        """Append log lines to the attempt you hold on a task (agent token, lease holder only): what
+        the work is doing, for whoever follows it (task_get shows the newest lines). Give `lines` or
+        `text`, up to 200 lines of 4,000 characters per call; an attempt keeps its newest 1,000
+        lines. agentfleet worker sends its command's stderr here."""
+        principal = await caller(ctx)
+        return await services_of(ctx).task_logs.append(principal, task_id, as_lines(lines, text), level)

@@ -81,6 +81,22 @@ class AttemptView(View):
     error: str | None
 
 
+class TaskLogLine(View):
+    attempt: int = Field(description="the attempt that wrote it")
+    seq: int = Field(description="its place in that attempt's log, from 1")
+    at: str
+    level: str = Field(description="debug, info, warning or error")
+    line: str
+
+
+class TaskLogReceipt(View):
+    task_id: str
+    attempt: int
+    appended: int = Field(description="lines added by this call")
+    total: int = Field(description="lines this attempt has written so far")
+    kept: int = Field(description="lines of this attempt still kept: the newest, up to the per-attempt bound")
+
+
 class LockItemView(View):
     name: str
     mode: str
@@ -175,6 +191,9 @@ class TaskView(View):
     )
     approval: ApprovalView | None = Field(
         None, description="the approval the task waits or waited for: decision, who, note (task_submit, task_get)"
+    )
+    log_tail: list[TaskLogLine] | None = Field(
+        None, description="the newest lines its attempts wrote with task_log, oldest first (task_get; null elsewhere)"
     )
 
 

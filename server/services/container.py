@@ -29,6 +29,7 @@ from server.services.rate_limits import RateLimiter
 from server.services.signals import KeyedSignals, TaskSignals
 from server.services.supervision import SupervisionService
 from server.services.task_ends import TaskEnds
+from server.services.task_logs import TaskLogService
 from server.services.tasks import TaskService
 from server.services.tokens import TokenService
 from server.services.workflow_templates import WorkflowTemplateService, shipped_templates_dir
@@ -66,6 +67,7 @@ class Services:
     workflows: WorkflowService
     workflow_templates: WorkflowTemplateService
     instruments: Instruments
+    task_logs: TaskLogService
 
     def release_waiters(self) -> None:
         """Every parked claim, lock wait and stream returns now: the server is stopping."""
@@ -161,4 +163,5 @@ def build_services(
         workflows=WorkflowService(db, clock, tasks, access, task_ends),
         workflow_templates=workflow_templates,
         instruments=instruments,
+        task_logs=TaskLogService(db, clock),
     )

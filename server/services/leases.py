@@ -23,7 +23,7 @@ from server.domain.backoff import Random, backoff_delay_us
 from server.domain.principal import REAPER, Principal
 from server.domain.statuses import LIVE_AGENT_STATUSES, TaskStatus
 from server.domain.views import ClaimResult, LockItemView, TaskLease, TaskView
-from server.errors import Conflict, InvalidInput, LeaseExpired, NotFound, PermissionDenied
+from server.errors import Conflict, InvalidInput, PermissionDenied
 from server.instruments import Instruments
 from server.services import audit
 from server.services.agent_rows import touch_agent
@@ -31,7 +31,7 @@ from server.services.budget_rows import hold_for_dispatch, settle_task_hold
 from server.services.locks import LockService
 from server.services.signals import TaskSignals, Waiter
 from server.services.task_ends import TaskEnds
-from server.services.task_rows import task_view
+from server.services.task_rows import explain_not_held, task_view
 from server.services.tasks import announce_ready
 from server.store.database import Database
 from server.store.dialect import json_subset
@@ -291,31 +291,13 @@ class LeaseService:
             _RENEW, {**_held(task_id, agent_id, now), "b_progress": progress, "b_message": message}
         ).first()
         if row is None:
-            self._explain_not_held(conn, task_id, agent_id, now)
+            explain_not_held(conn, task_id, agent_id, now)
         return TaskLease(
             task_id=task_id,
             lease_expires_at=to_iso(row.lease_expires_at) or "",
             cancel_requested=row.cancel_requested,
             progress=row.progress,
         )
-
-    @staticmethod
-    def _explain_not_held(conn: Connection, task_id: str, agent_id: str, now: int) -> None:
-        """The conditional update matched nothing: say why, in the contract's terms."""
-        row = conn.execute(
-            select(tasks.c.status, tasks.c.agent_id, tasks.c.submitted_by, tasks.c.lease_expires_at).where(
-                tasks.c.id == task_id
-            )
-        ).first()
-        if row is None:
-            raise NotFound(f"no task {task_id}")
-        if row.agent_id != agent_id:
-            raise PermissionDenied(f"task {task_id} is not leased to you")
-        if row.status == TaskStatus.RUNNING:
-            raise LeaseExpired(f"your lease on {task_id} lapsed; stop work, the task will be retried")
-        if row.status == TaskStatus.QUEUED:
-            raise LeaseExpired(f"your lease on {task_id} lapsed and the task went back to the queue")
-        raise Conflict(f"task {task_id} is already {row.status}")
 
     # -- complete / fail -----------------------------------------------------------------------
     async def complete(self, principal: Principal, task_id: str, result: Any, usage: Any = None) -> TaskView:
@@ -327,7 +309,7 @@ class LeaseService:
         agent_id = principal.id
         row = conn.execute(_COMPLETE, {**_held(task_id, agent_id, now), "b_result": result, "b_usage": usage}).first()
         if row is None:
-            self._explain_not_held(conn, task_id, agent_id, now)
+            explain_not_held(conn, task_id, agent_id, now)
         self._end_attempt(conn, row, now, "completed", None)
         if row.has_locks:
             self._locks.release_for_task(conn, row.id, now, agent_id)
@@ -353,7 +335,7 @@ class LeaseService:
             query = query.with_for_update()
         row = conn.execute(query).first()
         if row is None:
-            self._explain_not_held(conn, task_id, agent_id, now)
+            explain_not_held(conn, task_id, agent_id, now)
         outcome = "cancelled" if row.cancel_requested else "failed"
         view, requeued = self._end_lease(conn, row, now, outcome=outcome, error=error, retryable=retryable)
         audit.record(conn, now, principal, "task.fail", task_id, {"retryable": retryable, "status": view.status})

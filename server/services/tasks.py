@@ -36,6 +36,7 @@ from server.services.approval_rows import (
 from server.services.profiles import ProfileRegistry
 from server.services.signals import TaskSignals
 from server.services.task_ends import TaskEnds
+from server.services.task_logs import log_tail
 from server.services.task_rows import attempt_history, task_locks, task_view
 from server.store.database import Database, after_commit
 from server.store.dialect import TASK_CHANNEL, json_subset, notify
@@ -275,6 +276,7 @@ class TaskService:
             attempt_history(conn, task_id),
             task_locks(conn, task_id) if row.has_locks else None,
             approval=approval_of(conn, row),
+            log_tail=log_tail(conn, task_id) if row.attempts else [],
         )
 
     @staticmethod

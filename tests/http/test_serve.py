@@ -62,6 +62,7 @@ CONTRACT_TOOLS = ISSUE_2_TOOLS | {
     "token_list",
     "token_revoke",
     "token_rotate",
+    "task_log",
 }
 READ_ONLY_TOOLS = {
     "fleet_status",

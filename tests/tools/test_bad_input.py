@@ -192,6 +192,15 @@ BAD_CALLS: list[tuple[str, dict[str, Any], str]] = [
         },
         "conflict",
     ),
+    ("task_log", {"task_id": "tsk_0000NOSUCHTASK", "lines": ["a\x00b"]}, "invalid_input"),
+    ("task_log", {"task_id": "tsk_0000NOSUCHTASK", "lines": ["x" * 4001]}, "invalid_input"),
+    ("task_log", {"task_id": "tsk_0000NOSUCHTASK", "lines": [1]}, "invalid_input"),
+    ("task_log", {"task_id": "tsk_0000NOSUCHTASK", "lines": "one line"}, "invalid_input"),
+    ("task_log", {"task_id": "tsk_0000NOSUCHTASK", "lines": ["a"], "text": "b"}, "invalid_input"),
+    ("task_log", {"task_id": "tsk_0000NOSUCHTASK"}, "invalid_input"),
+    ("task_log", {"task_id": "tsk_0000NOSUCHTASK", "lines": ["a"], "level": "loud"}, "invalid_input"),
+    ("task_log", {"task_id": "tsk_0000NOSUCHTASK", "lines": ["a"] * 201}, "invalid_input"),
+    ("task_log", {"task_id": "tsk_0000NOSUCHTASK", "lines": ["a"]}, "not_found"),
     ("no_such_tool", {}, "not_found"),
 ]
 
