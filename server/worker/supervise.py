@@ -24,6 +24,7 @@ from typing import Any
 
 from server.worker.client import FleetClient, ProtocolError, ToolError, Unauthorized
 from server.worker.command import Command, Finished
+from server.worker.task_log import StderrToTaskLog
 
 STDERR_QUOTE = 2000  # characters of stderr quoted in an error
 STDOUT_QUOTE = 200  # characters of bad stdout quoted
@@ -60,14 +61,23 @@ class TaskRunner:
         started = time.monotonic()
         attempt = f"attempt {task.get('attempts')} of {task.get('max_attempts')}"
         log.info("claimed %s (type %s, %s)", task_id, task.get("type"), attempt)
+        stderr = StderrToTaskLog(self.client, task_id)
         try:
             command = await Command.start(
-                self.argv, json.dumps(task).encode(), {**self.env, "AGENTFLEET_TASK_ID": task_id}, self.stdout_cap
+                self.argv,
+                json.dumps(task).encode(),
+                {**self.env, "AGENTFLEET_TASK_ID": task_id},
+                self.stdout_cap,
+                on_stderr_line=stderr.line,
             )
         except OSError as exc:
+            await stderr.close()
             await self._fail(task_id, started, f"could not start the command {self.argv[0]!r}: {exc}", True)
             return
-        verdict = await self._watch(task, command)
+        try:
+            verdict = await self._watch(task, command)
+        finally:
+            await stderr.close()  # while the attempt is still ours
         if isinstance(verdict, Finished):
             await self._report(task_id, started, verdict)
         elif isinstance(verdict, Cancelled):
