@@ -174,6 +174,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings(args)
     harden_server_process()  # after the settings have read the secrets it scrubs
     _configure_logging(settings.log_level, settings.log_format)
+    from server.tracing import configure_from_env
+
+    configure_from_env("agentfleet")
     listener = None if args.stdio else _bind(settings)
     _check_store(settings)  # before the admin token or anything else is created
     admin = ensure_admin_token(settings)
@@ -389,7 +392,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
         return 2
     assert url and token
     _configure_logging(os.environ.get("AGENTFLEET_LOG_LEVEL") or "info", os.environ.get("AGENTFLEET_LOG_FORMAT"))
-    config = WorkerConfig(url, token, command, args.profile, args.name, args.wait_s, args.max_tasks)
+    traced = False
+    if any(name.startswith("OTEL_") for name in os.environ):  # the OpenTelemetry imports only when asked for
+        from server.tracing import configure_from_env
+
+        traced = configure_from_env("agentfleet-worker")
+    config = WorkerConfig(url, token, command, args.profile, args.name, args.wait_s, args.max_tasks, traced)
     return run(config)
 
 

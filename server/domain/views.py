@@ -192,6 +192,12 @@ class TaskView(View):
     approval: ApprovalView | None = Field(
         None, description="the approval the task waits or waited for: decision, who, note (task_submit, task_get)"
     )
+    traceparent: str | None = Field(
+        None,
+        description="the task's W3C trace context (null unless the server traces): send it with the calls "
+        "made for the task (MCP _meta.traceparent, HTTP traceparent; agentfleet worker sets TRACEPARENT) "
+        "so they join its trace",
+    )
     log_tail: list[TaskLogLine] | None = Field(
         None, description="the newest lines its attempts wrote with task_log, oldest first (task_get; null elsewhere)"
     )
@@ -275,6 +281,7 @@ class TaskReceipt(View):
     approval: ApprovalView | None = Field(
         None, description="set when the task waits in pending_approval: why, and until when"
     )
+    traceparent: str | None = Field(None, description="the task's W3C trace context; null unless the server traces")
 
     @classmethod
     def of(cls, task: TaskView) -> TaskReceipt:

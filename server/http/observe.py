@@ -9,10 +9,13 @@ import logging
 import re
 import secrets
 import time
+from contextlib import AbstractContextManager
 
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
+from opentelemetry.trace import Span, SpanKind
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from server import tracing
 from server.logs import request_id_var
 from server.metrics import Metrics
 
@@ -48,7 +51,13 @@ class RequestMetricsMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self._app(scope, receive, send)
-            return
+        elif tracing.active():
+            with _server_span(scope):
+                await self._observed(scope, receive, send)
+        else:
+            await self._observed(scope, receive, send)
+
+    async def _observed(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
         status = 500
         request_id = _request_id(scope)
@@ -71,6 +80,23 @@ class RequestMetricsMiddleware:
             if access_log.isEnabledFor(logging.INFO):
                 _log_access(scope, route, status, elapsed)
             request_id_var.reset(token)
+
+
+def _server_span(scope: Scope) -> AbstractContextManager[Span]:
+    """A server span for the request, under the caller's `traceparent` header if it sent one; the
+    MCP SDK's span for a tool call nests in it (unless the call's _meta names another context)."""
+    parent = None
+    for name, value in scope.get("headers", ()):
+        if name == b"traceparent":
+            parent = tracing.context_from(value.decode("latin-1"))
+            break
+    route = route_label(scope["path"])
+    return tracing.tracer.start_as_current_span(
+        f"{scope['method']} {route}",
+        context=parent,
+        kind=SpanKind.SERVER,
+        attributes={"http.request.method": scope["method"], "http.route": route, "url.path": scope["path"][:300]},
+    )
 
 
 def _log_access(scope: Scope, route: str, status: int, elapsed: float) -> None:

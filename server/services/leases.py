@@ -18,8 +18,10 @@ from typing import Any
 
 from sqlalchemy import BigInteger, Connection, Row, SmallInteger, Text, bindparam, cast, func, select, text, update
 
+from server import tracing
 from server.clock import MICROS, Clock, to_iso
 from server.domain.backoff import Random, backoff_delay_us
+from server.domain.money import usd
 from server.domain.principal import REAPER, Principal
 from server.domain.statuses import LIVE_AGENT_STATUSES, TaskStatus
 from server.domain.views import ClaimResult, LockItemView, TaskLease, TaskView
@@ -221,11 +223,27 @@ class LeaseService:
         }
         return conn.execute(self._claimable, params).first() is not None
 
-    @staticmethod
-    def _result(outcome: _ClaimOutcome) -> ClaimResult:
+    def _result(self, outcome: _ClaimOutcome) -> ClaimResult:
         if outcome.task is not None:
+            if tracing.active():
+                self._trace_claim(outcome.task)
             return ClaimResult(task=outcome.task)
         return ClaimResult(task=None, reason="at_capacity" if outcome.at_capacity else "none_available")
+
+    def _trace_claim(self, task: TaskView) -> None:
+        now = self._clock.now_us()
+        tracing.record_span(
+            "task.claim",
+            task.traceparent,
+            now,
+            now,
+            {
+                "agentfleet.task.id": task.id,
+                "agentfleet.task.type": task.type,
+                "agentfleet.task.attempt": task.attempts,
+                "agentfleet.agent.id": task.agent_id,
+            },
+        )
 
     def _claim_tx(self, conn: Connection, principal: Principal) -> _ClaimOutcome:
         now = self._clock.now_us()
@@ -443,6 +461,23 @@ class LeaseService:
             {"b_task": row.id, "b_number": row.attempts, "b_now": now, "b_outcome": outcome, "b_error": error},
         ).scalar()
         self._instruments.attempt_ended(row.type, outcome, None if started is None else now - started)
+        if started is not None and row.traceparent is not None and tracing.active():
+            cost = row.estimated_cost_micros
+            tracing.record_span(
+                f"task.attempt {row.attempts}",
+                row.traceparent,
+                started,
+                now,
+                {
+                    "agentfleet.task.id": row.id,
+                    "agentfleet.task.type": row.type,
+                    "agentfleet.task.attempt": row.attempts,
+                    "agentfleet.agent.id": row.agent_id,
+                    "agentfleet.attempt.outcome": outcome,
+                    "agentfleet.task.estimated_cost_usd": None if cost is None else str(usd(cost)),
+                },
+                error=None if outcome == "completed" else (error or outcome),
+            )
 
     def announce_requeued(self, released: list[_Requeued | None]) -> None:
         """After a commit that released leases: wake local claimers for the requeued work."""

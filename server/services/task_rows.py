@@ -57,6 +57,7 @@ def task_view(
         approval=approval,
         timeout_s=row.timeout_s,
         log_tail=log_tail,
+        traceparent=row.traceparent,
     )
 
 

@@ -141,6 +141,8 @@ tasks = Table(
     Column("workflow_index", Integer, nullable=True),
     # Tasks of one group go to distinct agents (a consensus step's votes).
     Column("distinct_group", String(120), nullable=True),
+    # The W3C traceparent of its submit span (null unless tracing is on): a task is one trace.
+    Column("traceparent", String(55), nullable=True),
     CheckConstraint(_one_of("status", [s.value for s in TaskStatus]), name="status"),
     CheckConstraint("priority BETWEEN 0 AND 3", name="priority"),
     CheckConstraint("attempts <= max_attempts", name="attempts"),

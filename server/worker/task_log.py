@@ -32,8 +32,9 @@ def clean(line: str) -> str:
 
 
 class StderrToTaskLog:
-    def __init__(self, client: FleetClient, task_id: str) -> None:
+    def __init__(self, client: FleetClient, task_id: str, traceparent: str | None = None) -> None:
         self._client = client
+        self._traceparent = traceparent
         self._task_id = task_id
         self._pending: collections.deque[str] = collections.deque()
         self._dropped = 0
@@ -79,7 +80,9 @@ class StderrToTaskLog:
             batch.insert(0, note)
             self._dropped = 0
         try:
-            await self._client.call("task_log", {"task_id": self._task_id, "lines": batch})
+            await self._client.call(
+                "task_log", {"task_id": self._task_id, "lines": batch}, traceparent=self._traceparent
+            )
         except (ToolError, Unauthorized, ProtocolError) as exc:
             # The lease is gone, or the server does not take the lines: stop trying for this task.
             log.warning("stderr of %s not logged to the task: %s", self._task_id, exc)

@@ -7,6 +7,9 @@ Create Date: 2026-12-05 18:40:00
 One row per line, keyed by task, attempt and a sequence the attempt's row hands out
 (`log_lines`: the count appended so far), so concurrent appends by one holder never collide and
 the newest lines are found by index. Each attempt keeps its newest lines up to a bound.
+
+Also the task's W3C `traceparent` (null unless tracing is on): a task is one trace, whose context
+travels with it to the agents that claim it.
 """
 
 from __future__ import annotations
@@ -38,9 +41,12 @@ def upgrade() -> None:
     op.add_column(
         "orch_task_attempts", sa.Column("log_lines", sa.Integer(), nullable=False, server_default=sa.text("0"))
     )
+    op.add_column("orch_tasks", sa.Column("traceparent", sa.String(length=55), nullable=True))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("orch_tasks", schema=None) as batch_op:
+        batch_op.drop_column("traceparent")
     with op.batch_alter_table("orch_task_attempts", schema=None) as batch_op:
         batch_op.drop_column("log_lines")
     op.drop_table("orch_task_logs")
