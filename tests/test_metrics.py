@@ -3,12 +3,14 @@ registry the /metrics endpoint renders; labels stay bounded."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
 import pytest
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from server.instruments import OTHER, BoundedLabel
@@ -138,6 +140,7 @@ def test_caller_chosen_labels_stay_bounded() -> None:
 
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "observability.md"
+DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 
 
 def documented_metrics() -> set[str]:
@@ -170,3 +173,25 @@ async def test_every_metric_is_documented_and_a_metrics_token_reads_only_metrics
     documented = {name.removesuffix("_total") for name in documented_metrics()}
     assert exposed == documented
     assert scraper not in server.stderr() + server.stdout()
+
+    # The shipped dashboard and alert rules query only series this server exposes.
+    series = set()
+    for family in text_string_to_metric_families(scraped.text):  # names a query may use, samples or not yet
+        suffixes = {"histogram": ("_bucket", "_sum", "_count"), "counter": ("_total",)}.get(family.type, ("",))
+        series |= {family.name + suffix for suffix in suffixes}
+    for shipped in (DEPLOY / "grafana-dashboard.json", DEPLOY / "prometheus-alerts.yaml"):
+        text = shipped.read_text(encoding="utf-8")
+        queried = set(re.findall(r"\b((?:agentfleet|process|python)_[a-z_]+)\b", text))
+        assert queried, shipped
+        assert queried <= series, f"{shipped.name} queries what /metrics lacks: {sorted(queried - series)}"
+
+
+def test_the_dashboard_and_alert_rules_are_well_formed() -> None:
+    dashboard = json.loads((DEPLOY / "grafana-dashboard.json").read_text(encoding="utf-8"))
+    assert dashboard["uid"] == "agentfleet" and dashboard["panels"]
+    for panel in dashboard["panels"]:
+        assert panel["title"] and panel["targets"] and all(t["expr"] for t in panel["targets"])
+    rules = yaml.safe_load((DEPLOY / "prometheus-alerts.yaml").read_text(encoding="utf-8"))
+    alerts = {rule["alert"]: rule for group in rules["groups"] for rule in group["rules"]}
+    for needed in ("AgentfleetQueueStuck", "AgentfleetAgentsFlapping", "AgentfleetBudgetAtThreshold"):
+        assert alerts[needed]["expr"] and alerts[needed]["annotations"]["summary"]
