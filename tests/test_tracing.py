@@ -187,6 +187,7 @@ async def test_one_task_through_a_retry_is_one_trace_with_the_workers_spans_insi
 
     # Each claim and each attempt hangs off the submit span; the first attempt failed.
     assert [s.parent_id for s in by_name["task.claim"]] == [submit_span, submit_span]
+    assert by_name["task.claim"][0].attributes["agentfleet.agent.profile"].startswith("worker@")
     first, second = by_name["task.attempt 1"][0], by_name["task.attempt 2"][0]
     assert first.parent_id == second.parent_id == submit_span
     assert first.attributes["agentfleet.attempt.outcome"] == "failed" and first.error

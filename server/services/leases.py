@@ -185,7 +185,7 @@ class LeaseService:
     async def claim(self, principal: Principal, wait_s: float = 0) -> ClaimResult:
         agent_id = _require_agent(principal)
         if wait_s <= 0:
-            return self._result(await self._db.write(self._claim_tx, principal))
+            return self._result(await self._db.write(self._claim_tx, principal), principal)
         started = time.monotonic()
         deadline = started + wait_s
         # Parked before the first attempt, so work queued during it still wakes us.
@@ -198,7 +198,7 @@ class LeaseService:
                 # heartbeat timeout, so its next call keeps it from being declared unresponsive.
                 deadline = min(deadline, started + outcome.heartbeat_timeout_s / 2)
                 if outcome.task is not None or outcome.at_capacity or not await self._wait_for_work(waiter, deadline):
-                    return self._result(outcome)
+                    return self._result(outcome, principal)
 
     async def _wait_for_work(self, waiter: Waiter, deadline: float) -> bool:
         """True when a claim is worth trying: woken, or a safety re-check (a read, at a jittered
@@ -223,14 +223,14 @@ class LeaseService:
         }
         return conn.execute(self._claimable, params).first() is not None
 
-    def _result(self, outcome: _ClaimOutcome) -> ClaimResult:
+    def _result(self, outcome: _ClaimOutcome, principal: Principal) -> ClaimResult:
         if outcome.task is not None:
             if tracing.active():
-                self._trace_claim(outcome.task)
+                self._trace_claim(outcome.task, principal)
             return ClaimResult(task=outcome.task)
         return ClaimResult(task=None, reason="at_capacity" if outcome.at_capacity else "none_available")
 
-    def _trace_claim(self, task: TaskView) -> None:
+    def _trace_claim(self, task: TaskView, principal: Principal) -> None:
         now = self._clock.now_us()
         tracing.record_span(
             "task.claim",
@@ -242,6 +242,8 @@ class LeaseService:
                 "agentfleet.task.type": task.type,
                 "agentfleet.task.attempt": task.attempts,
                 "agentfleet.agent.id": task.agent_id,
+                "agentfleet.agent.profile": principal.profile,  # name@version
+                "agentfleet.task.estimated_cost_usd": task.estimated_cost_usd,
             },
         )
 
