@@ -64,6 +64,19 @@ class Instruments:
             ["outcome"],
             registry=None,
         )
+        self.lock_wait = Histogram(
+            "agentfleet_lock_wait_seconds",
+            "Time a lock request that queued waited until it was granted",
+            registry=None,
+            buckets=_DURATION_BUCKETS,
+        )
+        self.approval_latency = Histogram(
+            "agentfleet_approval_decision_seconds",
+            "Time from an approval's request to its decision, by decision and by whom (person or expiry)",
+            ["decision", "by"],
+            registry=None,
+            buckets=_DURATION_BUCKETS,
+        )
         self.spend = Counter(
             "agentfleet_spend_usd",
             "Money recorded with usage_record (USD), by model and the spending agent's profile",
@@ -72,7 +85,7 @@ class Instruments:
         )
 
     def collectors(self) -> tuple[Counter | Histogram, ...]:
-        return (self.queue_wait, self.run_time, self.attempts, self.spend)
+        return (self.queue_wait, self.run_time, self.attempts, self.spend, self.lock_wait, self.approval_latency)
 
     # -- what the services call ------------------------------------------------------------------
     def claimed(self, task_type: str, waited_us: int) -> None:
@@ -82,6 +95,12 @@ class Instruments:
         self.attempts.labels(outcome).inc()
         if ran_us is not None:
             self.run_time.labels(self.task_type(task_type), outcome).observe(max(ran_us, 0) / 1_000_000)
+
+    def lock_granted_after_wait(self, waited_us: int) -> None:
+        self.lock_wait.observe(max(waited_us, 0) / 1_000_000)
+
+    def approval_decided(self, decision: str, expired: bool, waited_us: int) -> None:
+        self.approval_latency.labels(decision, "expiry" if expired else "person").observe(max(waited_us, 0) / 1_000_000)
 
     def spent(self, model: str | None, profile: str | None, usd: Decimal) -> None:
         if usd > 0:

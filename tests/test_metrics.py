@@ -123,6 +123,15 @@ async def test_spend_locks_approvals_and_workflow_runs_are_counted(connect: Any,
     assert value(samples, "agentfleet_approval_oldest_age_seconds") >= 0
     assert value(samples, "agentfleet_workflow_runs", status="running") == 1
     assert value(samples, "agentfleet_workflow_runs", status="completed") == 0
+    assert value(samples, "agentfleet_lock_wait_seconds_count") == 1  # the rival's; the first was granted at once
+
+    async with connect() as admin:
+        (pending,) = (await call(admin, "approval_list", status="pending"))["approvals"]
+        await call(admin, "approval_decide", approval_id=pending["id"], decision="approve")
+    decided = scrape(services)
+    assert value(decided, "agentfleet_approvals_pending") == 0
+    assert value(decided, "agentfleet_approval_decision_seconds_count", decision="approve", by="person") == 1
+    assert value(decided, "agentfleet_approval_decision_seconds_count", decision="reject", by="expiry") == 0
 
 
 async def test_the_standard_process_and_python_collectors_are_there(services: Services) -> None:

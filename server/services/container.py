@@ -116,8 +116,8 @@ def build_services(
         db.after_each_write = _wake_followers(task_changes)
     access = AccessPolicy(profiles)
     audit = AuditService(db, clock)
-    locks = LockService(db, clock, lock_signals, signals, settings.claim_recheck_s, access)
     instruments = Instruments()
+    locks = LockService(db, clock, lock_signals, signals, settings.claim_recheck_s, access, instruments=instruments)
     leases = LeaseService(db, clock, signals, locks, settings.claim_recheck_s, task_ends, instruments=instruments)
     budgets = BudgetService(db, clock, profiles, PriceTable.load(settings.data_dir), instruments)
     agents = AgentService(db, clock, profiles, leases, locks, settings.max_agents)
@@ -156,7 +156,7 @@ def build_services(
         access=access,
         gate=Gate(db, clock, access, RateLimiter(db.dialect, settings, access), audit),
         tokens=TokenService(db, clock),
-        approvals=ApprovalService(db, clock, signals, task_ends),
+        approvals=ApprovalService(db, clock, signals, task_ends, instruments),
         supervision=SupervisionService(db, clock, profiles, leases, locks, settings.resolved_replica_id),
         peers=PeerService(db, clock, profiles, leases, locks, settings.resolved_replica_id),
         autoscaling=AutoscaleService(db, clock, agents, profiles.autoscaled()),
