@@ -28,9 +28,25 @@ _propagator = TraceContextTextMapPropagator()
 _NS_PER_US = 1000
 
 
+_UNKNOWN = object()
+_seen_active = False
+
+
 def active() -> bool:
-    """Is a real tracer provider installed (by `configure_from_env`, or a test)?"""
-    return not isinstance(trace.get_tracer_provider(), ProxyTracerProvider)
+    """Is a real tracer provider installed (by `configure_from_env`, or a test)? Called on every
+    task operation, so it reads the API's global directly: `get_tracer_provider()` looks the
+    environment up on each call while none is set (~2 µs). A provider is set at most once, so
+    once seen it stays."""
+    global _seen_active
+    if _seen_active:
+        return True
+    provider = getattr(trace, "_TRACER_PROVIDER", _UNKNOWN)
+    if provider is None:
+        return False
+    if provider is _UNKNOWN:  # an API release without that global: ask it
+        provider = trace.get_tracer_provider()
+    _seen_active = not isinstance(provider, ProxyTracerProvider)
+    return _seen_active
 
 
 def wanted(env: Mapping[str, str]) -> bool:
@@ -47,8 +63,10 @@ def configure_from_env(service_name: str, env: Mapping[str, str] | None = None) 
     """Install a tracer provider exporting over OTLP/HTTP (or to the console with
     OTEL_TRACES_EXPORTER=console) when the environment asks for traces. True when installed."""
     env = os.environ if env is None else env
-    if not wanted(env) or active():
+    if not isinstance(trace.get_tracer_provider(), ProxyTracerProvider):  # one is set already
         return active()
+    if not wanted(env):
+        return False
     try:
         from opentelemetry.sdk.resources import OTEL_SERVICE_NAME, Resource
         from opentelemetry.sdk.trace import TracerProvider
