@@ -77,6 +77,12 @@ class Instruments:
             registry=None,
             buckets=_DURATION_BUCKETS,
         )
+        self.process_exits = Counter(
+            "agentfleet_process_agent_exits",
+            "Process agents' unexpected exits, by profile and what followed: restarted, or failed (restarts used up)",
+            ["profile", "outcome"],
+            registry=None,
+        )
         self.spend = Counter(
             "agentfleet_spend_usd",
             "Money recorded with usage_record (USD), by model and the spending agent's profile",
@@ -85,7 +91,15 @@ class Instruments:
         )
 
     def collectors(self) -> tuple[Counter | Histogram, ...]:
-        return (self.queue_wait, self.run_time, self.attempts, self.spend, self.lock_wait, self.approval_latency)
+        return (
+            self.queue_wait,
+            self.run_time,
+            self.attempts,
+            self.spend,
+            self.lock_wait,
+            self.approval_latency,
+            self.process_exits,
+        )
 
     # -- what the services call ------------------------------------------------------------------
     def claimed(self, task_type: str, waited_us: int) -> None:
@@ -101,6 +115,9 @@ class Instruments:
 
     def approval_decided(self, decision: str, expired: bool, waited_us: int) -> None:
         self.approval_latency.labels(decision, "expiry" if expired else "person").observe(max(waited_us, 0) / 1_000_000)
+
+    def process_exited(self, profile: str, failed: bool) -> None:
+        self.process_exits.labels(self.profile(profile), "failed" if failed else "restarted").inc()
 
     def spent(self, model: str | None, profile: str | None, usd: Decimal) -> None:
         if usd > 0:

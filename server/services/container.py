@@ -157,7 +157,7 @@ def build_services(
         gate=Gate(db, clock, access, RateLimiter(db.dialect, settings, access), audit),
         tokens=TokenService(db, clock),
         approvals=ApprovalService(db, clock, signals, task_ends, instruments),
-        supervision=SupervisionService(db, clock, profiles, leases, locks, settings.resolved_replica_id),
+        supervision=SupervisionService(db, clock, profiles, leases, locks, settings.resolved_replica_id, instruments),
         peers=PeerService(db, clock, profiles, leases, locks, settings.resolved_replica_id),
         autoscaling=AutoscaleService(db, clock, agents, profiles.autoscaled()),
         workflows=WorkflowService(db, clock, tasks, access, task_ends),
