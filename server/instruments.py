@@ -42,6 +42,7 @@ class BoundedLabel:
 class Instruments:
     def __init__(self) -> None:
         self.task_type = BoundedLabel()
+        self.workflow = BoundedLabel()
         self.model = BoundedLabel()
         self.profile = BoundedLabel()
         self.queue_wait = Histogram(
@@ -83,6 +84,13 @@ class Instruments:
             ["profile", "outcome"],
             registry=None,
         )
+        self.step_time = Histogram(
+            "agentfleet_workflow_step_seconds",
+            "Time a workflow step ran, from its first task queued to its end, by workflow name and how it ended",
+            ["workflow", "status"],
+            registry=None,
+            buckets=_DURATION_BUCKETS,
+        )
         self.spend = Counter(
             "agentfleet_spend_usd",
             "Money recorded with usage_record (USD), by model and the spending agent's profile",
@@ -99,6 +107,7 @@ class Instruments:
             self.lock_wait,
             self.approval_latency,
             self.process_exits,
+            self.step_time,
         )
 
     # -- what the services call ------------------------------------------------------------------
@@ -118,6 +127,9 @@ class Instruments:
 
     def process_exited(self, profile: str, failed: bool) -> None:
         self.process_exits.labels(self.profile(profile), "failed" if failed else "restarted").inc()
+
+    def step_finished(self, workflow: str, status: str, ran_us: int) -> None:
+        self.step_time.labels(self.workflow(workflow), status).observe(max(ran_us, 0) / 1_000_000)
 
     def spent(self, model: str | None, profile: str | None, usd: Decimal) -> None:
         if usd > 0:

@@ -125,6 +125,14 @@ async def test_spend_locks_approvals_and_workflow_runs_are_counted(connect: Any,
     assert value(samples, "agentfleet_workflow_runs", status="completed") == 0
     assert value(samples, "agentfleet_lock_wait_seconds_count") == 1  # the rival's; the first was granted at once
 
+    async with connect(worker["token"]) as agent:  # the workflow's one step: research
+        step_task = (await call(agent, "task_claim"))["task"]
+        assert step_task["type"] == "research"
+        await call(agent, "task_complete", task_id=step_task["id"], result={"summary": "done"})
+    stepped = scrape(services)
+    assert value(stepped, "agentfleet_workflow_step_seconds_count", workflow="probe", status="completed") == 1
+    assert value(stepped, "agentfleet_workflow_runs", status="completed") == 1
+
     async with connect() as admin:
         (pending,) = (await call(admin, "approval_list", status="pending"))["approvals"]
         await call(admin, "approval_decide", approval_id=pending["id"], decision="approve")

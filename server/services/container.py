@@ -160,7 +160,7 @@ def build_services(
         supervision=SupervisionService(db, clock, profiles, leases, locks, settings.resolved_replica_id, instruments),
         peers=PeerService(db, clock, profiles, leases, locks, settings.resolved_replica_id),
         autoscaling=AutoscaleService(db, clock, agents, profiles.autoscaled()),
-        workflows=WorkflowService(db, clock, tasks, access, task_ends),
+        workflows=WorkflowService(db, clock, tasks, access, task_ends, instruments),
         workflow_templates=workflow_templates,
         instruments=instruments,
         task_logs=TaskLogService(db, clock),
