@@ -110,11 +110,11 @@ def _settings(args: argparse.Namespace) -> Settings:
     )
 
 
-def _configure_logging(level: str) -> None:
+def _configure_logging(level: str, log_format: str | None) -> None:
     # Before MCPServer is built: it calls basicConfig, and stdout must stay clean for stdio.
-    logging.basicConfig(
-        level=level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    from server.logs import configure_logging
+
+    configure_logging(level, log_format)
 
 
 def _announce(settings: Settings, admin: AdminToken, stdio: bool) -> None:
@@ -175,14 +175,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     harden_server_process()  # after the settings have read the secrets it scrubs
-    _configure_logging(settings.log_level)
+    _configure_logging(settings.log_level, settings.log_format)
+    from server.tracing import configure_from_env
+
+    configure_from_env("agentfleet")
     listener = None if args.stdio else _bind(settings)
     _check_store(settings)  # before the admin token or anything else is created
     admin = ensure_admin_token(settings)
     services = build_services(settings, admin.value)
     try:
         if args.stdio:
-            mcp = build_mcp(services, Metrics(services.fleet), default_token=settings.token)
+            mcp = build_mcp(services, Metrics(services.fleet, services.instruments), default_token=settings.token)
             _announce(settings, admin, stdio=True)
             anyio.run(_serve_stdio, mcp, services)
             return 0
@@ -390,8 +393,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
             print(f"agentfleet worker: {problem}", file=sys.stderr)
         return 2
     assert url and token
-    _configure_logging(os.environ.get("AGENTFLEET_LOG_LEVEL") or "info")
-    config = WorkerConfig(url, token, command, args.profile, args.name, args.wait_s, args.max_tasks)
+    _configure_logging(os.environ.get("AGENTFLEET_LOG_LEVEL") or "info", os.environ.get("AGENTFLEET_LOG_FORMAT"))
+    traced = False
+    if any(name.startswith("OTEL_") for name in os.environ):  # the OpenTelemetry imports only when asked for
+        from server.tracing import configure_from_env
+
+        traced = configure_from_env("agentfleet-worker")
+    config = WorkerConfig(url, token, command, args.profile, args.name, args.wait_s, args.max_tasks, traced)
     return run(config)
 
 

@@ -6,10 +6,19 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from server.instruments import Instruments
 from server.services.fleet import FleetService
 
 
@@ -34,11 +43,49 @@ class _FleetCollector(Collector):
         yield agents
         yield tasks
         yield budget
+        yield from _store_gauges(self._fleet)
+
+
+def _store_gauges(fleet: FleetService) -> Iterator[GaugeMetricFamily]:
+    gauges = fleet.gauges_sync()
+    depth = GaugeMetricFamily(
+        "agentfleet_queue_depth", "Queued tasks by priority (claimable now or after a backoff)", labels=["priority"]
+    )
+    age = GaugeMetricFamily(
+        "agentfleet_queue_oldest_age_seconds",
+        "How long the longest-waiting claimable queued task has waited, by priority (0: none waiting)",
+        labels=["priority"],
+    )
+    for priority, queue in gauges.queue.items():
+        depth.add_metric([priority], queue.depth)
+        age.add_metric([priority], queue.oldest_ready_age_s)
+    locks = GaugeMetricFamily("agentfleet_locks", "Lock requests held and waiting", labels=["status"])
+    for status, count in gauges.locks.items():
+        locks.add_metric([status], count)
+    runs = GaugeMetricFamily("agentfleet_workflow_runs", "Workflow runs by status", labels=["status"])
+    for status, count in gauges.workflow_runs.items():
+        runs.add_metric([status], count)
+    yield depth
+    yield age
+    yield locks
+    yield runs
+    yield GaugeMetricFamily(
+        "agentfleet_approvals_pending", "Approvals waiting for a decision", gauges.approvals_pending
+    )
+    yield GaugeMetricFamily(
+        "agentfleet_approval_oldest_age_seconds",
+        "How long the oldest pending approval has waited (0: none pending)",
+        gauges.oldest_approval_age_s,
+    )
 
 
 class Metrics:
-    def __init__(self, fleet: FleetService) -> None:
+    def __init__(self, fleet: FleetService, instruments: Instruments | None = None) -> None:
         self.registry = CollectorRegistry()
+        # The standard ones: CPU, memory, open files, GC, interpreter version.
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        GCCollector(registry=self.registry)
         self.http_requests = Counter(
             "agentfleet_http_requests", "HTTP requests", ["method", "route", "status"], registry=self.registry
         )
@@ -56,6 +103,8 @@ class Metrics:
             registry=self.registry,
         )
         self.registry.register(_FleetCollector(fleet))
+        for collector in (instruments or Instruments()).collectors():
+            self.registry.register(collector)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -34,6 +34,10 @@ class Settings:
     token: str | None = None
     max_payload_bytes: int = 256 * 1024
     log_level: str = "info"
+    # json or text; None: text on a terminal, json otherwise (server/logs.py).
+    log_format: str | None = None
+    # A token that may read /metrics and nothing else (scrapers); unset: any valid token may.
+    metrics_token: str | None = None
     # How long a task must wait to outrank a fresh task one priority level above it.
     priority_aging_s: int = 600
     # How often the reaper looks for lapsed leases.
@@ -123,6 +127,14 @@ def _float(env: Mapping[str, str], name: str, default: float, *, zero_ok: bool =
     return value
 
 
+def _log_format(raw: str | None) -> str | None:
+    if raw is not None and raw not in ("json", "text"):
+        raise InvalidInput(
+            f"{ENV_PREFIX}LOG_FORMAT must be json or text (unset: text on a terminal, json otherwise), got {raw!r}"
+        )
+    return raw
+
+
 def load_settings(env: Mapping[str, str] | None = None, **flags: Any) -> Settings:
     env = os.environ if env is None else env
 
@@ -141,7 +153,14 @@ def load_settings(env: Mapping[str, str] | None = None, **flags: Any) -> Setting
         public_url=text("URL"),
         token=text("TOKEN"),
         max_payload_bytes=_int(env, "MAX_PAYLOAD_BYTES", 256 * 1024),
-        log_level=text("LOG_LEVEL") or "info",
+        log_level=_choice(
+            {ENV_PREFIX + "LOG_LEVEL": (text("LOG_LEVEL") or "info").lower()},
+            "LOG_LEVEL",
+            "info",
+            ("debug", "info", "warning", "error"),
+        ),
+        log_format=_log_format(text("LOG_FORMAT")),
+        metrics_token=text("METRICS_TOKEN"),
         priority_aging_s=_int(env, "PRIORITY_AGING_S", 600),
         reaper_interval_s=_float(env, "REAPER_INTERVAL_S", 1.0),
         message_retention_days=_int(env, "MESSAGE_RETENTION_DAYS", 30),

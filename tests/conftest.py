@@ -193,7 +193,7 @@ Connect = Callable[..., AbstractAsyncContextManager[Client]]
 
 def connector(services: Services) -> Connect:
     """connect(token=None) -> an in-process MCP client acting as admin, or as token's principal."""
-    metrics = Metrics(services.fleet)
+    metrics = Metrics(services.fleet, services.instruments)
 
     @asynccontextmanager
     async def open_client(token: str | None = None, mode: str = "auto") -> AsyncIterator[Client]:

@@ -44,3 +44,15 @@ def test_environment_admin_token_overrides_the_file(tmp_path):
     settings = Settings(data_dir=tmp_path / "data", admin_token="afk_from-env")
     token = ensure_admin_token(settings)
     assert token.value == "afk_from-env" and token.path is None and not (tmp_path / "data" / "admin.token").exists()
+
+
+def test_log_level_format_and_metrics_token_from_the_environment():
+    settings = load_settings(
+        env={"AGENTFLEET_LOG_LEVEL": "WARNING", "AGENTFLEET_LOG_FORMAT": "text", "AGENTFLEET_METRICS_TOKEN": "s3cret"}
+    )
+    assert (settings.log_level, settings.log_format, settings.metrics_token) == ("warning", "text", "s3cret")
+    assert load_settings(env={}).log_format is None  # decided by the stream: text on a terminal, json otherwise
+    with pytest.raises(InvalidInput, match="AGENTFLEET_LOG_LEVEL must be one of debug, info, warning, error"):
+        load_settings(env={"AGENTFLEET_LOG_LEVEL": "verbose"})
+    with pytest.raises(InvalidInput, match="AGENTFLEET_LOG_FORMAT must be json or text"):
+        load_settings(env={"AGENTFLEET_LOG_FORMAT": "yaml"})

@@ -183,6 +183,35 @@ async def test_results_and_failures(serve: ServeFactory, database_url: str, work
         assert "not JSON" in garbled_task["error"] and "this is not json" in garbled_task["error"], garbled_task
 
 
+async def test_the_commands_stderr_lines_reach_the_task_log(
+    serve: ServeFactory, database_url: str, workers: Workers
+) -> None:
+    """Every stderr line, in order, cleaned of what no store keeps and cut to the line bound,
+    is in the task's log before the task completes; task_get shows the newest."""
+    server = serve(database_url, env=ENV)
+    async with server.mcp() as admin:
+        _, token = await agent(admin, "misbehave")
+        stderr = "L" * 5000 + "\n" + "\n".join(f"line {i}" for i in range(250)) + "\nlast, without a line break"
+        task = await call(
+            admin,
+            "task_submit",
+            type="chatty",
+            payload={"stdout": "{}", "stderr": stderr, "nul": True},
+            capabilities=["misbehave"],
+        )
+        worker = workers.start(server, token, "misbehave.py", "--wait-s", "2", "--max-tasks", "1")
+        assert await worker.exit_code() == 0, worker.output()
+        done = await settled(admin, task["id"])
+        assert done["status"] == "completed", done
+        tail = done["log_tail"]
+        # 1 NUL line + 1 long line + 250 + the last: all 253 arrived (a refused batch would stop them).
+        assert [(x["attempt"], x["seq"], x["line"]) for x in tail[-2:]] == [
+            (1, 252, "line 249"),
+            (1, 253, "last, without a line break"),
+        ], worker.output()
+        assert [x["line"] for x in tail] == [f"line {i}" for i in range(231, 250)] + ["last, without a line break"]
+
+
 async def test_cancel_kills_the_command_and_idle_worker_stops_promptly(
     serve: ServeFactory, database_url: str, workers: Workers
 ) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import time
 from typing import Any
 
 from mcp.server.mcpserver import Context, MCPServer
@@ -20,6 +21,8 @@ from server.metrics import Metrics
 from tools.context import AppState, current_principal, resolve_caller
 
 log = logging.getLogger("agentfleet.tools")
+# One record per tool call (the MCP twin of the HTTP access log).
+call_log = logging.getLogger("agentfleet.tool_calls")
 
 
 def _describe_validation(error: ValidationError) -> str:
@@ -115,6 +118,7 @@ class FleetMCPServer(MCPServer[Any]):
         self, name: str, arguments: dict[str, Any], context: Context[Any, Any] | None = None
     ) -> CallToolResult | InputRequiredResult:
         # Callers choose tool names; count unknown ones under one label so metrics stay bounded.
+        started = time.perf_counter()
         schema = self._tool_input_schema(name)
         label = name if schema is not None else "_unknown"
         principal: Principal | None = None
@@ -130,8 +134,10 @@ class FleetMCPServer(MCPServer[Any]):
             self._metrics.tool_calls.labels(label, error.code).inc()
             if isinstance(error, Refusal) and principal is not None:
                 await self._record_refusal(principal, name, arguments, error)
+            _log_call(label, principal, arguments, error.code, started)
             return CallToolResult(content=[TextContent(type="text", text=str(error))], is_error=True)
         self._metrics.tool_calls.labels(label, "ok").inc()
+        _log_call(label, principal, arguments, "ok", started)
         return result
 
     async def _call_as(
@@ -148,6 +154,30 @@ class FleetMCPServer(MCPServer[Any]):
             await self._state.services.gate.refused(principal.because(_reason(arguments)), name, arguments, error)
         except FleetError as exc:  # the store is down: the caller still gets its refusal
             log.warning("could not record the refusal of %s: %s", name, exc)
+
+
+def _log_call(tool: str, principal: Principal | None, arguments: dict[str, Any], outcome: str, started: float) -> None:
+    """Who called what, the outcome code and how long it took; the task it was about, if any.
+    Never the arguments themselves: they may carry anything, secrets included."""
+    if not call_log.isEnabledFor(logging.INFO):
+        return
+    task_id = arguments.get("task_id")
+    call_log.info(
+        "%s %s",
+        tool,
+        outcome,
+        extra={
+            "fields": {
+                "kind": "tool_call",
+                "tool": tool,
+                "outcome": outcome,
+                "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+                "principal": principal.id if principal is not None else None,
+                "role": principal.role.value if principal is not None else None,
+                "task_id": task_id if isinstance(task_id, str) and len(task_id) <= 40 else None,
+            }
+        },
+    )
 
 
 def _reason(arguments: dict[str, Any]) -> str | None:

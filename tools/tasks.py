@@ -18,11 +18,18 @@ from server.domain.views import (
     FeedbackView,
     TaskLease,
     TaskList,
+    TaskLogReceipt,
     TaskReceipt,
     TaskView,
     TaskWaitResult,
 )
 from server.errors import InvalidInput
+from server.services.task_logs import (
+    MAX_LINE_CHARS,
+    MAX_LINES_PER_CALL,
+    MAX_TEXT_CHARS,
+    as_lines,
+)
 from server.services.waiting import MAX_TASKS, MAX_WAIT_S, OnChange
 from tools.annotations import DESTRUCTIVE, IDEMPOTENT_WRITE, READ_ONLY, WRITES
 from tools.arguments import Reason
@@ -173,9 +180,10 @@ def register(mcp: MCPServer) -> None:
 
     @mcp.tool(annotations=READ_ONLY)
     async def task_get(ctx: FleetContext, task_id: TaskId, wait_s: WaitS = 0, until: Until = None) -> TaskView:
-        """Show one task: status, who holds it, attempts, result or error. With wait_s, wait for it to
-        end (completed, failed, dead, cancelled) or reach a status in `until`, instead of polling:
-        the call returns as soon as that happens, on any replica, or at wait_s with the task as it is."""
+        """Show one task: status, who holds it, attempts, result or error, and the newest lines of its
+        log (task_log). With wait_s, wait for it to end (completed, failed, dead, cancelled) or reach a
+        status in `until`, instead of polling: the call returns as soon as that happens, on any
+        replica, or at wait_s with the task as it is."""
         principal = await caller(ctx)
         services = services_of(ctx)
         if wait_s <= 0:
@@ -307,3 +315,26 @@ def register(mcp: MCPServer) -> None:
         until max_attempts is used up (then the task is dead); others fail at once."""
         principal = await caller(ctx, reason)
         return await services_of(ctx).leases.fail(principal, task_id, error, retryable)
+
+    @mcp.tool(annotations=WRITES)
+    async def task_log(
+        ctx: FleetContext,
+        task_id: TaskId,
+        lines: Annotated[
+            list[Annotated[str, Field(max_length=MAX_LINE_CHARS)]] | None,
+            Field(min_length=1, max_length=MAX_LINES_PER_CALL, description="log lines, oldest first"),
+        ] = None,
+        text: Annotated[
+            str | None,
+            Field(min_length=1, max_length=MAX_TEXT_CHARS, description="instead of lines: text, split at line breaks"),
+        ] = None,
+        level: Annotated[
+            Literal["debug", "info", "warning", "error"], Field(description="the level of every line in this call")
+        ] = "info",
+    ) -> TaskLogReceipt:
+        """Append log lines to the attempt you hold on a task (agent token, lease holder only): what
+        the work is doing, for whoever follows it (task_get shows the newest lines). Give `lines` or
+        `text`, up to 200 lines of 4,000 characters per call; an attempt keeps its newest 1,000
+        lines. agentfleet worker sends its command's stderr here."""
+        principal = await caller(ctx)
+        return await services_of(ctx).task_logs.append(principal, task_id, as_lines(lines, text), level)

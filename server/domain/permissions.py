@@ -34,6 +34,7 @@ TOOL_ROLES: dict[str, frozenset[Role]] = {
     "task_heartbeat": AGENT_ONLY,
     "task_complete": AGENT_ONLY,
     "task_fail": AGENT_ONLY,
+    "task_log": AGENT_ONLY,
     "lock_acquire": SPENDS,
     "lock_renew": SPENDS,
     "lock_release": RUNS_WORK,  # an operator may force-release a stuck lock

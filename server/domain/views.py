@@ -81,6 +81,22 @@ class AttemptView(View):
     error: str | None
 
 
+class TaskLogLine(View):
+    attempt: int = Field(description="the attempt that wrote it")
+    seq: int = Field(description="its place in that attempt's log, from 1")
+    at: str
+    level: str = Field(description="debug, info, warning or error")
+    line: str
+
+
+class TaskLogReceipt(View):
+    task_id: str
+    attempt: int
+    appended: int = Field(description="lines added by this call")
+    total: int = Field(description="lines this attempt has written so far")
+    kept: int = Field(description="lines of this attempt still kept: the newest, up to the per-attempt bound")
+
+
 class LockItemView(View):
     name: str
     mode: str
@@ -190,6 +206,15 @@ class TaskView(View):
     feedback: list[FeedbackView] | None = Field(
         None, description="feedback on the finished task, one per principal, oldest first (task_get; null elsewhere)"
     )
+    traceparent: str | None = Field(
+        None,
+        description="the task's W3C trace context (null unless the server traces): send it with the calls "
+        "made for the task (MCP _meta.traceparent, HTTP traceparent; agentfleet worker sets TRACEPARENT) "
+        "so they join its trace",
+    )
+    log_tail: list[TaskLogLine] | None = Field(
+        None, description="the newest lines its attempts wrote with task_log, oldest first (task_get; null elsewhere)"
+    )
 
 
 class LockView(View):
@@ -273,6 +298,7 @@ class TaskReceipt(View):
     result: Any = Field(None, description="with wait_s: the result, when the task completed in time")
     error: str | None = Field(None, description="with wait_s: why it failed, when it ended in time without success")
     finished_at: str | None = Field(None, description="with wait_s: when it ended, if it did in time")
+    traceparent: str | None = Field(None, description="the task's W3C trace context; null unless the server traces")
 
     @classmethod
     def of(cls, task: TaskView) -> TaskReceipt:

@@ -30,7 +30,7 @@ from starlette.types import ASGIApp
 
 from server.a2a.card import REST_PATH
 from server.a2a.routes import a2a_routes
-from server.http.bearer import FleetTokenVerifier, RequireToken
+from server.http.bearer import FleetTokenVerifier, RequireToken, ScrapeToken
 from server.http.event_stream import event_stream
 from server.http.observe import RequestMetricsMiddleware
 from server.http.webhooks import webhook_endpoint
@@ -84,7 +84,7 @@ def create_app(
     services: Services, metrics: Metrics | None = None, configure_mcp: Callable[[MCPServer[Any]], None] | None = None
 ) -> Starlette:
     """`configure_mcp` may add tools before the MCP app is built (the bench adds an empty one)."""
-    metrics = metrics or Metrics(services.fleet)
+    metrics = metrics or Metrics(services.fleet, services.instruments)
     mcp = build_mcp(services, metrics, http=True)
     if configure_mcp is not None:
         configure_mcp(mcp)
@@ -104,6 +104,10 @@ def create_app(
     def protected(path: str, app: ASGIApp, methods: list[str]) -> Route:
         return Route(path, RequireToken(app), methods=methods)
 
+    scrape: ASGIApp = RequireToken(request_response(metrics_endpoint))
+    if services.settings.metrics_token:
+        scrape = ScrapeToken(request_response(metrics_endpoint), scrape, services.settings.metrics_token)
+
     def bounded(app: ASGIApp) -> ASGIApp:
         """A2A bodies are bounded as the MCP SDK bounds its own: 413 before anything is parsed."""
         return RequestBodyLimitMiddleware(app, DEFAULT_MAX_REQUEST_BODY_SIZE)
@@ -119,7 +123,7 @@ def create_app(
     routes = [
         Route("/healthz", _healthz, methods=["GET"]),
         protected("/readyz", request_response(readyz), ["GET"]),
-        protected("/metrics", request_response(metrics_endpoint), ["GET"]),
+        Route("/metrics", scrape, methods=["GET"]),
         protected("/events", request_response(event_stream(services)), ["GET"]),
         Route("/hooks/{name}", webhook_endpoint(services), methods=["POST"]),
         *a2a.card,

@@ -3,6 +3,7 @@ middleware on /mcp, /a2a, /readyz, /metrics), and an AccessToken becomes our Pri
 
 from __future__ import annotations
 
+import hmac
 import json
 
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
@@ -67,3 +68,22 @@ class RequireToken:
         ]
         await send({"type": "http.response.start", "status": 401, "headers": headers})
         await send({"type": "http.response.body", "body": _UNAUTHORIZED})
+
+
+class ScrapeToken:
+    """/metrics also answers AGENTFLEET_METRICS_TOKEN, a token no other route accepts: a scraper
+    holding it reads metrics and can do nothing else. Other requests go on to `otherwise`."""
+
+    def __init__(self, metrics: ASGIApp, otherwise: ASGIApp, token: str) -> None:
+        self._metrics = metrics
+        self._otherwise = otherwise
+        self._expected = b"bearer " + token.encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        for name, value in scope.get("headers", ()):
+            if name == b"authorization":
+                given = value[:7].lower() + value[7:]
+                if hmac.compare_digest(given, self._expected):
+                    await self._metrics(scope, receive, send)
+                    return
+        await self._otherwise(scope, receive, send)

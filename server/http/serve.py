@@ -32,7 +32,8 @@ def uvicorn_server(app: Starlette, settings: Settings, on_exit: Callable[[], Non
         loop="uvloop",
         http="httptools",
         log_level=settings.log_level,
-        access_log=False,
+        log_config=None,  # its records go through our handler (server/logs.py): one format, secrets masked
+        access_log=False,  # ours (server/http/observe.py) carries the principal, request id and duration
         lifespan="on",
     )
     return _Server(config, on_exit)

@@ -16,6 +16,7 @@ from server.domain.statuses import TaskStatus
 from server.domain.views import ApprovalPage, ApprovalView
 from server.errors import Conflict, NotFound, PermissionDenied
 from server.ids import EVENT, new_id
+from server.instruments import Instruments
 from server.services import audit
 from server.services.approval_rows import EXPIRY, approval_view
 from server.services.events import log as events
@@ -41,7 +42,15 @@ _DUE = (
 
 
 class ApprovalService:
-    def __init__(self, db: Database, clock: Clock, signals: TaskSignals, task_ends: TaskEnds) -> None:
+    def __init__(
+        self,
+        db: Database,
+        clock: Clock,
+        signals: TaskSignals,
+        task_ends: TaskEnds,
+        instruments: Instruments | None = None,
+    ) -> None:
+        self._instruments = instruments or Instruments()
         self._task_ends = task_ends
         self._db = db
         self._clock = clock
@@ -123,6 +132,7 @@ class ApprovalService:
         ).first()
         if after is None:
             return None
+        self._instruments.approval_decided(decision.value, expired, now - before.created_at)
         task = self._move_task(conn, before.task_id, decision, decided_by, note, now)
         audit.record(
             conn,

@@ -27,6 +27,7 @@ from server.domain.principal import REAPER, Principal
 from server.domain.views import BudgetEvent, BudgetReport, BudgetReports, BudgetView, HoldView, UsageReceipt
 from server.errors import Conflict, InvalidInput, NotFound, PermissionDenied
 from server.ids import BUDGET, HOLD, USAGE, new_id
+from server.instruments import Instruments
 from server.services import audit
 from server.services.agents import descendants
 from server.services.budget_rows import (
@@ -70,7 +71,10 @@ _DRAW = (
 
 
 class BudgetService:
-    def __init__(self, db: Database, clock: Clock, profiles: ProfileRegistry, prices: PriceTable) -> None:
+    def __init__(
+        self, db: Database, clock: Clock, profiles: ProfileRegistry, prices: PriceTable, instruments: Instruments
+    ) -> None:
+        self._instruments = instruments
         self._db = db
         self._clock = clock
         self._profiles = profiles
@@ -337,7 +341,10 @@ class BudgetService:
             exact = self._prices.cost(model, input_tokens, output_tokens, cached_input_tokens)
             cost, priced_by = cost_to_micros(exact), "price_table"
         tokens = (input_tokens, output_tokens, cached_input_tokens)
-        return await self._db.write(self._usage_tx, principal, model, tokens, cost, priced_by, task_id, hold_id)
+        receipt = await self._db.write(self._usage_tx, principal, model, tokens, cost, priced_by, task_id, hold_id)
+        profile = None if principal.profile is None else principal.profile.partition("@")[0]  # name, not version
+        self._instruments.spent(model, profile, usd(cost))
+        return receipt
 
     def _usage_tx(
         self,

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from server.clock import Clock, SystemClock
 from server.domain.approval import Decision
+from server.instruments import Instruments
 from server.services.a2a_push import A2APushService
 from server.services.a2a_records import A2ARecordService
 from server.services.access import AccessPolicy
@@ -40,6 +41,7 @@ from server.services.scorecards import ScorecardService
 from server.services.signals import KeyedSignals, TaskSignals
 from server.services.supervision import SupervisionService
 from server.services.task_ends import TaskEnds
+from server.services.task_logs import TaskLogService
 from server.services.tasks import TaskService
 from server.services.tokens import TokenService
 from server.services.waiting import WaitService
@@ -88,6 +90,8 @@ class Services:
     messages: MessageService
     notifications: NotificationService
     a2a_push: A2APushService
+    instruments: Instruments
+    task_logs: TaskLogService
 
     def release_waiters(self) -> None:
         """Every parked claim, lock wait and stream returns now: the server is stopping."""
@@ -134,9 +138,10 @@ def build_services(
     db.on_events = wakeups.local
     access = AccessPolicy(profiles)
     audit = AuditService(db, clock)
-    locks = LockService(db, clock, lock_signals, signals, settings.claim_recheck_s, access)
-    leases = LeaseService(db, clock, signals, locks, settings.claim_recheck_s, task_ends)
-    budgets = BudgetService(db, clock, profiles, PriceTable.load(settings.data_dir))
+    instruments = Instruments()
+    locks = LockService(db, clock, lock_signals, signals, settings.claim_recheck_s, access, instruments=instruments)
+    leases = LeaseService(db, clock, signals, locks, settings.claim_recheck_s, task_ends, instruments=instruments)
+    budgets = BudgetService(db, clock, profiles, PriceTable.load(settings.data_dir), instruments)
     agents = AgentService(db, clock, profiles, leases, locks, settings.max_agents)
     approval_terms = ApprovalTerms(settings.approval_timeout_s, Decision(settings.approval_on_expiry))
     tasks = TaskService(
@@ -150,7 +155,7 @@ def build_services(
         approval_terms,
         task_ends,
     )
-    workflows = WorkflowService(db, clock, tasks, access, task_ends)
+    workflows = WorkflowService(db, clock, tasks, access, task_ends, instruments)
     triggers = TriggerService(db, clock, tasks, workflows, access)
     workflow_templates = WorkflowTemplateService(db, clock)
     if run_migrations:
@@ -178,8 +183,8 @@ def build_services(
         access=access,
         gate=Gate(db, clock, access, RateLimiter(db.dialect, settings, access), audit),
         tokens=TokenService(db, clock),
-        approvals=ApprovalService(db, clock, signals, task_ends),
-        supervision=SupervisionService(db, clock, profiles, leases, locks, settings.resolved_replica_id),
+        approvals=ApprovalService(db, clock, signals, task_ends, instruments),
+        supervision=SupervisionService(db, clock, profiles, leases, locks, settings.resolved_replica_id, instruments),
         peers=PeerService(db, clock, profiles, leases, locks, settings.resolved_replica_id),
         autoscaling=AutoscaleService(db, clock, agents, profiles),
         workflows=workflows,
@@ -192,4 +197,6 @@ def build_services(
         messages=MessageService(db, clock, RecipientResolver(access), task_changes),
         notifications=NotificationService(db, clock, event_bus, settings),
         a2a_push=A2APushService(db, clock, settings),
+        instruments=instruments,
+        task_logs=TaskLogService(db, clock),
     )

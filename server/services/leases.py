@@ -18,12 +18,15 @@ from typing import Any
 
 from sqlalchemy import BigInteger, Connection, Row, SmallInteger, Text, bindparam, cast, func, select, text, update
 
+from server import tracing
 from server.clock import MICROS, Clock, to_iso
 from server.domain.backoff import Random, backoff_delay_us
+from server.domain.money import usd
 from server.domain.principal import REAPER, Principal
 from server.domain.statuses import LIVE_AGENT_STATUSES, TaskStatus
 from server.domain.views import ClaimResult, LockItemView, TaskLease, TaskView
-from server.errors import Conflict, InvalidInput, LeaseExpired, NotFound, PermissionDenied
+from server.errors import Conflict, InvalidInput, PermissionDenied
+from server.instruments import Instruments
 from server.services import audit
 from server.services.agent_rows import touch_agent
 from server.services.budget_rows import hold_for_dispatch, settle_task_hold
@@ -31,7 +34,7 @@ from server.services.events import log as events
 from server.services.locks import LockService
 from server.services.signals import TaskSignals, Waiter
 from server.services.task_ends import TaskEnds
-from server.services.task_rows import task_view
+from server.services.task_rows import explain_not_held, task_view
 from server.services.tasks import announce_ready
 from server.store.database import Database
 from server.store.dialect import json_subset
@@ -80,6 +83,7 @@ _END_ATTEMPT = (
     update(task_attempts)
     .where(task_attempts.c.task_id == bindparam("b_task"), task_attempts.c.number == bindparam("b_number"))
     .values(ended_at=bindparam("b_now", type_=BigInteger), outcome=bindparam("b_outcome"), error=bindparam("b_error"))
+    .returning(task_attempts.c.started_at)
 )
 
 
@@ -119,8 +123,10 @@ class LeaseService:
         claim_recheck_s: float,
         task_ends: TaskEnds,
         rng: Random | None = None,
+        instruments: Instruments | None = None,
     ) -> None:
         self._task_ends = task_ends
+        self._instruments = instruments or Instruments()
         self._db = db
         self._clock = clock
         self._signals = signals
@@ -180,7 +186,7 @@ class LeaseService:
     async def claim(self, principal: Principal, wait_s: float = 0) -> ClaimResult:
         agent_id = _require_agent(principal)
         if wait_s <= 0:
-            return self._result(await self._db.write(self._claim_tx, principal))
+            return self._result(await self._db.write(self._claim_tx, principal), principal)
         started = time.monotonic()
         deadline = started + wait_s
         # Parked before the first attempt, so work queued during it still wakes us.
@@ -193,7 +199,7 @@ class LeaseService:
                 # heartbeat timeout, so its next call keeps it from being declared unresponsive.
                 deadline = min(deadline, started + outcome.heartbeat_timeout_s / 2)
                 if outcome.task is not None or outcome.at_capacity or not await self._wait_for_work(waiter, deadline):
-                    return self._result(outcome)
+                    return self._result(outcome, principal)
 
     async def _wait_for_work(self, waiter: Waiter, deadline: float) -> bool:
         """True when a claim is worth trying: woken, or a safety re-check (a read, at a jittered
@@ -218,11 +224,29 @@ class LeaseService:
         }
         return conn.execute(self._claimable, params).first() is not None
 
-    @staticmethod
-    def _result(outcome: _ClaimOutcome) -> ClaimResult:
+    def _result(self, outcome: _ClaimOutcome, principal: Principal) -> ClaimResult:
         if outcome.task is not None:
+            if tracing.active():
+                self._trace_claim(outcome.task, principal)
             return ClaimResult(task=outcome.task)
         return ClaimResult(task=None, reason="at_capacity" if outcome.at_capacity else "none_available")
+
+    def _trace_claim(self, task: TaskView, principal: Principal) -> None:
+        now = self._clock.now_us()
+        tracing.record_span(
+            "task.claim",
+            task.traceparent,
+            now,
+            now,
+            {
+                "agentfleet.task.id": task.id,
+                "agentfleet.task.type": task.type,
+                "agentfleet.task.attempt": task.attempts,
+                "agentfleet.agent.id": task.agent_id,
+                "agentfleet.agent.profile": principal.profile,  # name@version
+                "agentfleet.task.estimated_cost_usd": task.estimated_cost_usd,
+            },
+        )
 
     def _claim_tx(self, conn: Connection, principal: Principal) -> _ClaimOutcome:
         now = self._clock.now_us()
@@ -248,6 +272,7 @@ class LeaseService:
         if row is None:
             return _ClaimOutcome(None, capabilities, agent.heartbeat_timeout_s, runs_payloads=runs)
         hold_for_dispatch(conn, agent, row.id, row.estimated_cost_micros, now)
+        self._instruments.claimed(row.type, now - row.ready_at)
         conn.execute(
             _START_ATTEMPT, {"task_id": row.id, "number": row.attempts, "agent_id": agent_id, "started_at": now}
         )
@@ -289,7 +314,7 @@ class LeaseService:
             _RENEW, {**_held(task_id, agent_id, now), "b_progress": progress, "b_message": message}
         ).first()
         if row is None:
-            self._explain_not_held(conn, task_id, agent_id, now)
+            explain_not_held(conn, task_id, agent_id, now)
         if progress is not None or message is not None:
             data = {"type": row.type, "progress": row.progress, "message": message}
             events.emit(
@@ -302,24 +327,6 @@ class LeaseService:
             progress=row.progress,
         )
 
-    @staticmethod
-    def _explain_not_held(conn: Connection, task_id: str, agent_id: str, now: int) -> None:
-        """The conditional update matched nothing: say why, in the contract's terms."""
-        row = conn.execute(
-            select(tasks.c.status, tasks.c.agent_id, tasks.c.submitted_by, tasks.c.lease_expires_at).where(
-                tasks.c.id == task_id
-            )
-        ).first()
-        if row is None:
-            raise NotFound(f"no task {task_id}")
-        if row.agent_id != agent_id:
-            raise PermissionDenied(f"task {task_id} is not leased to you")
-        if row.status == TaskStatus.RUNNING:
-            raise LeaseExpired(f"your lease on {task_id} lapsed; stop work, the task will be retried")
-        if row.status == TaskStatus.QUEUED:
-            raise LeaseExpired(f"your lease on {task_id} lapsed and the task went back to the queue")
-        raise Conflict(f"task {task_id} is already {row.status}")
-
     # -- complete / fail -----------------------------------------------------------------------
     async def complete(self, principal: Principal, task_id: str, result: Any, usage: Any = None) -> TaskView:
         _require_agent(principal)
@@ -330,8 +337,8 @@ class LeaseService:
         agent_id = principal.id
         row = conn.execute(_COMPLETE, {**_held(task_id, agent_id, now), "b_result": result, "b_usage": usage}).first()
         if row is None:
-            self._explain_not_held(conn, task_id, agent_id, now)
-        self._end_attempt(conn, row.id, row.attempts, now, "completed", None)
+            explain_not_held(conn, task_id, agent_id, now)
+        self._end_attempt(conn, row, now, "completed", None)
         if row.has_locks:
             self._locks.release_for_task(conn, row.id, now, agent_id)
         if row.estimated_cost_micros:
@@ -356,7 +363,7 @@ class LeaseService:
             query = query.with_for_update()
         row = conn.execute(query).first()
         if row is None:
-            self._explain_not_held(conn, task_id, agent_id, now)
+            explain_not_held(conn, task_id, agent_id, now)
         outcome = "cancelled" if row.cancel_requested else "failed"
         view, requeued = self._end_lease(conn, row, now, outcome=outcome, error=error, retryable=retryable)
         audit.record(conn, now, principal, "task.fail", task_id, {"retryable": retryable, "status": view.status})
@@ -447,7 +454,7 @@ class LeaseService:
         updated = conn.execute(update(tasks).where(*guard).values(**values).returning(*tasks.c)).first()
         if updated is None:
             raise Conflict(f"task {row.id} changed while it was being ended; retry")
-        self._end_attempt(conn, row.id, row.attempts, now, outcome, error)
+        self._end_attempt(conn, row, now, outcome, error)
         if row.has_locks:
             self._locks.release_for_task(conn, row.id, now, REAPER.id if lapsed else row.agent_id)
         if row.estimated_cost_micros:
@@ -463,12 +470,29 @@ class LeaseService:
             self._task_ends.ended(conn, updated)
         return task_view(updated), requeued
 
-    @staticmethod
-    def _end_attempt(conn: Connection, task_id: str, number: int, now: int, outcome: str, error: str | None) -> None:
-        conn.execute(
+    def _end_attempt(self, conn: Connection, row: Row[Any], now: int, outcome: str, error: str | None) -> None:
+        started = conn.execute(
             _END_ATTEMPT,
-            {"b_task": task_id, "b_number": number, "b_now": now, "b_outcome": outcome, "b_error": error},
-        )
+            {"b_task": row.id, "b_number": row.attempts, "b_now": now, "b_outcome": outcome, "b_error": error},
+        ).scalar()
+        self._instruments.attempt_ended(row.type, outcome, None if started is None else now - started)
+        if started is not None and row.traceparent is not None and tracing.active():
+            cost = row.estimated_cost_micros
+            tracing.record_span(
+                f"task.attempt {row.attempts}",
+                row.traceparent,
+                started,
+                now,
+                {
+                    "agentfleet.task.id": row.id,
+                    "agentfleet.task.type": row.type,
+                    "agentfleet.task.attempt": row.attempts,
+                    "agentfleet.agent.id": row.agent_id,
+                    "agentfleet.attempt.outcome": outcome,
+                    "agentfleet.task.estimated_cost_usd": None if cost is None else str(usd(cost)),
+                },
+                error=None if outcome == "completed" else (error or outcome),
+            )
 
     def announce_requeued(self, released: list[_Requeued | None]) -> None:
         """After a commit that released leases: wake local claimers for the requeued work."""

@@ -35,6 +35,7 @@ from server.domain.statuses import LIVE_LOCK_STATUSES, LockStatus, TaskStatus
 from server.domain.views import LockConflict, LockGrant, LockItemView, LockList, LockView, ResourceView
 from server.errors import Conflict, Deadlock, InvalidInput, LeaseExpired, LockTimeout, NotFound, PermissionDenied
 from server.ids import LOCK, new_id
+from server.instruments import Instruments
 from server.services import audit
 from server.services.access import AccessPolicy
 from server.services.events import log as events
@@ -228,7 +229,9 @@ class LockService:
         recheck_s: float,
         access: AccessPolicy,
         rng: Random | None = None,
+        instruments: Instruments | None = None,
     ) -> None:
+        self._instruments = instruments or Instruments()
         self._access = access
         self._db = db
         self._clock = clock
@@ -829,11 +832,14 @@ class LockService:
 
     def _grant_waiting(self, conn: Connection, now: int, first: LiveItem, claims: list[Claim]) -> None:
         ttl_s = first.ttl_s or 0
-        conn.execute(
+        requested = conn.execute(
             update(locks)
             .where(locks.c.id == first.lock_id, locks.c.status == LockStatus.WAITING.value)
             .values(status=LockStatus.HELD.value, granted_at=now, expires_at=now + _us(ttl_s), wait_until=None)
-        )
+            .returning(locks.c.created_at)
+        ).scalar()
+        if requested is not None:
+            self._instruments.lock_granted_after_wait(now - requested)
         fences = self._next_fences(conn, now, claims)
         for name, fence in fences.items():
             conn.execute(

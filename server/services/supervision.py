@@ -14,6 +14,7 @@ from server.domain.backoff import backoff_bound_ms
 from server.domain.principal import Principal, Role
 from server.domain.profile import Profile, Runtime
 from server.domain.statuses import LIVE_AGENT_STATUSES, AgentStatus, agent_sources
+from server.instruments import Instruments
 from server.services import audit
 from server.services.agents import release_everything
 from server.services.auth import hash_token
@@ -58,7 +59,9 @@ class SupervisionService:
         leases: LeaseService,
         locks: LockService,
         replica_id: str,
+        instruments: Instruments | None = None,
     ) -> None:
+        self._instruments = instruments or Instruments()
         self._db = db
         self._clock = clock
         self._profiles = profiles
@@ -197,6 +200,7 @@ class SupervisionService:
         ).rowcount
         if not changed:
             return None, []
+        self._instruments.process_exited(row.profile, failed)
         released = release_everything(conn, self._leases, self._locks, [agent_id], now, SUPERVISOR.id)
         action = "agent.failed" if failed else "agent.exit"
         audit.record(conn, now, SUPERVISOR, action, agent_id, {"exit": how, "restarts": row.restarts})

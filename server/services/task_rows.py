@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NoReturn
 
 from sqlalchemy import Connection, Row, select
 
 from server.clock import to_iso
 from server.domain.money import usd
 from server.domain.priority import Priority
-from server.domain.statuses import LockStatus
-from server.domain.views import ApprovalView, AttemptView, FeedbackView, LockItemView, TaskView
-from server.store.tables import lock_items, locks, task_attempts
+from server.domain.statuses import LockStatus, TaskStatus
+from server.domain.views import ApprovalView, AttemptView, FeedbackView, LockItemView, TaskLogLine, TaskView
+from server.errors import Conflict, LeaseExpired, NotFound, PermissionDenied
+from server.store.tables import lock_items, locks, task_attempts, tasks
 
 
 def task_view(
@@ -20,6 +21,7 @@ def task_view(
     locks: list[LockItemView] | None = None,
     approval: ApprovalView | None = None,
     feedback: list[FeedbackView] | None = None,
+    log_tail: list[TaskLogLine] | None = None,
 ) -> TaskView:
     # model_construct: the row already satisfies every constraint the model states.
     return TaskView.model_construct(
@@ -56,6 +58,8 @@ def task_view(
         approval=approval,
         feedback=feedback,
         timeout_s=row.timeout_s,
+        log_tail=log_tail,
+        traceparent=row.traceparent,
     )
 
 
@@ -85,3 +89,21 @@ def task_locks(conn: Connection, task_id: str) -> list[LockItemView]:
         .order_by(lock_items.c.name)
     ).all()
     return [LockItemView(name=r.name, mode=r.mode, fence=r.fence, lock_id=r.lock_id) for r in rows]
+
+
+def explain_not_held(conn: Connection, task_id: str, agent_id: str, now: int) -> NoReturn:
+    """A conditional update on a held task matched nothing: say why, in the contract's terms."""
+    row = conn.execute(
+        select(tasks.c.status, tasks.c.agent_id, tasks.c.submitted_by, tasks.c.lease_expires_at).where(
+            tasks.c.id == task_id
+        )
+    ).first()
+    if row is None:
+        raise NotFound(f"no task {task_id}")
+    if row.agent_id != agent_id:
+        raise PermissionDenied(f"task {task_id} is not leased to you")
+    if row.status == TaskStatus.RUNNING:
+        raise LeaseExpired(f"your lease on {task_id} lapsed; stop work, the task will be retried")
+    if row.status == TaskStatus.QUEUED:
+        raise LeaseExpired(f"your lease on {task_id} lapsed and the task went back to the queue")
+    raise Conflict(f"task {task_id} is already {row.status}")

@@ -7,9 +7,11 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from opentelemetry.trace import SpanKind
 from sqlalchemy import Connection, Row, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
 
+from server import tracing
 from server.clock import MICROS, Clock, from_iso
 from server.domain.backoff import dispatch_key
 from server.domain.capabilities import validate_capabilities
@@ -38,6 +40,7 @@ from server.services.feedback import feedback_of
 from server.services.profiles import ProfileRegistry
 from server.services.signals import TaskSignals
 from server.services.task_ends import TaskEnds
+from server.services.task_logs import log_tail
 from server.services.task_rows import attempt_history, task_locks, task_view
 from server.store.database import Database, after_commit
 from server.store.dialect import TASK_CHANNEL, json_subset, notify
@@ -96,12 +99,30 @@ class TaskService:
     # -- submit --------------------------------------------------------------------------------
     async def submit(self, principal: Principal, spec: TaskSpec, task_id: str | None = None) -> TaskView:
         """Queue a task. `task_id` lets an adapter choose the id (A2A uses its own task id)."""
-        view = await self._db.write(self._submit_tx, principal, self._checked(principal, spec), task_id or new_id(TASK))
+        checked, task_id = self._checked(principal, spec), task_id or new_id(TASK)
+        if tracing.active():
+            view = await self._traced_submit(principal, checked, task_id)
+        else:
+            view = await self._db.write(self._submit_tx, principal, checked, task_id)
         if view.status == TaskStatus.QUEUED:
             self._signals.task_ready(
                 frozenset(view.capabilities), view.pinned_agent_id, from_iso(view.ready_at), self._clock.now_us()
             )
         return view
+
+    async def _traced_submit(self, principal: Principal, spec: TaskSpec, task_id: str) -> TaskView:
+        """The task's trace starts here (under the caller's, if its call carried one)."""
+        attributes = {
+            "agentfleet.task.id": task_id,
+            "agentfleet.task.type": spec.type,
+            "agentfleet.task.priority": spec.priority.value,
+            "agentfleet.principal": principal.id,
+        }
+        with tracing.tracer.start_as_current_span("task.submit", kind=SpanKind.PRODUCER, attributes=attributes) as span:
+            traceparent = tracing.traceparent_of(span)
+            view = await self._db.write(self._submit_tx, principal, spec, task_id, None, traceparent)
+            span.set_attribute("agentfleet.task.status", view.status)
+            return view
 
     def _checked(self, principal: Principal, spec: TaskSpec) -> TaskSpec:
         size = payload_size(spec.payload)
@@ -122,14 +143,22 @@ class TaskService:
     ) -> TaskView:
         """Submit inside the caller's transaction (a workflow starting a step, a trigger); claimers here are
         woken once it commits."""
-        view = self._submit_tx(conn, principal, self._checked(principal, spec), task_id, place)
+        # A workflow's task joins the trace of whatever started the step (the run, or the task before).
+        traceparent = tracing.current_traceparent() if tracing.active() else None
+        view = self._submit_tx(conn, principal, self._checked(principal, spec), task_id, place, traceparent)
         if view.status == TaskStatus.QUEUED:
             ready = (frozenset(view.capabilities), view.pinned_agent_id, from_iso(view.ready_at))
             after_commit(conn, lambda: self._signals.task_ready(*ready, self._clock.now_us()))
         return view
 
     def _submit_tx(
-        self, conn: Connection, principal: Principal, spec: TaskSpec, task_id: str, place: WorkflowPlace | None = None
+        self,
+        conn: Connection,
+        principal: Principal,
+        spec: TaskSpec,
+        task_id: str,
+        place: WorkflowPlace | None = None,
+        traceparent: str | None = None,
     ) -> TaskView:
         now = self._clock.now_us()
         digest = spec.spec_hash()
@@ -175,6 +204,7 @@ class TaskService:
             approval_id=approval_id,
             timeout_s=spec.timeout_s,
             executable=executable,
+            traceparent=traceparent,
         )
         if place is not None:
             values.update(
@@ -298,6 +328,7 @@ class TaskService:
             task_locks(conn, task_id) if row.has_locks else None,
             approval=approval_of(conn, row),
             feedback=feedback_of(conn, task_id),
+            log_tail=log_tail(conn, task_id) if row.attempts else [],
         )
 
     @staticmethod

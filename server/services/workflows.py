@@ -31,6 +31,7 @@ from server.domain.workflow_status import FINAL_STEP, RunStatus, StepStatus
 from server.domain.workflow_template import render
 from server.errors import Conflict, FleetError, InvalidInput, NotFound, PermissionDenied
 from server.ids import TASK, WORKFLOW_RUN, new_id
+from server.instruments import Instruments
 from server.services import audit
 from server.services.access import AccessPolicy
 from server.services.events import log as events
@@ -48,8 +49,15 @@ FAILED_TASK = frozenset({TaskStatus.FAILED.value, TaskStatus.DEAD.value, TaskSta
 
 class WorkflowService:
     def __init__(
-        self, db: Database, clock: Clock, tasks_service: TaskService, access: AccessPolicy, task_ends: TaskEnds
+        self,
+        db: Database,
+        clock: Clock,
+        tasks_service: TaskService,
+        access: AccessPolicy,
+        task_ends: TaskEnds,
+        instruments: Instruments | None = None,
     ) -> None:
+        self._instruments = instruments or Instruments()
         self._db = db
         self._clock = clock
         self._tasks = tasks_service
@@ -240,17 +248,20 @@ class WorkflowService:
                 workflow_steps.c.status == StepStatus.RUNNING.value,
             )
             .values(status=status.value, result=result, error=error, finished_at=now)
-        ).rowcount
+            .returning(workflow_steps.c.started_at)
+        ).first()
+        if ended is not None and ended.started_at is not None:
+            self._instruments.step_finished(run.name, status.value, now - ended.started_at)
         # A decided consensus or a failed step leaves sibling tasks with nothing to contribute.
         self._tasks.cancel_in(conn, self._open_tasks(conn, run.id, step_id), f"workflow step {step_id} ended", now)
         if status is StepStatus.FAILED:
             audit.record(conn, now, _submitter(run), "workflow.step_failed", run.id, {"step": step_id, "error": error})
-        if ended:
+        if ended is not None:
             data = {"step": step_id, "status": status.value, "error": error, "name": run.name}
             events.emit(
                 conn, now, f"workflow.step_{status.value}", run.id, data, actor="system", owner=run.submitted_by
             )
-        return bool(ended)
+        return ended is not None
 
     def _advance(self, conn: Connection, run: Row[Any], now: int, strict: bool = False) -> None:
         """Start every step whose dependencies have all ended, skip those that cannot run, and end

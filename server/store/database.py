@@ -10,6 +10,7 @@ conditional updates and row locks.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -21,6 +22,7 @@ from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 
+from server import tracing
 from server.errors import Unavailable
 
 T = TypeVar("T")
@@ -187,6 +189,9 @@ class Database:
         """Run fn(conn, *args) in one write transaction. If the caller is cancelled the
         transaction still runs to its end: it is never half-applied."""
         loop = asyncio.get_running_loop()
+        if tracing.active():  # the unit of work runs in the caller's trace context (spans it makes nest)
+            context = contextvars.copy_context()
+            return await loop.run_in_executor(self._write_lane, context.run, self._write_tx, loop, fn, *args)
         return await loop.run_in_executor(self._write_lane, self._write_tx, loop, fn, *args)
 
     async def read(self, fn: Callable[..., T], *args: Any) -> T:

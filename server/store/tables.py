@@ -141,6 +141,8 @@ tasks = Table(
     Column("workflow_index", Integer, nullable=True),
     # Tasks of one group go to distinct agents (a consensus step's votes).
     Column("distinct_group", String(120), nullable=True),
+    # The W3C traceparent of its submit span (null unless tracing is on): a task is one trace.
+    Column("traceparent", String(55), nullable=True),
     CheckConstraint(_one_of("status", [s.value for s in TaskStatus]), name="status"),
     CheckConstraint("priority BETWEEN 0 AND 3", name="priority"),
     CheckConstraint("attempts <= max_attempts", name="attempts"),
@@ -194,10 +196,27 @@ task_attempts = Table(
     Column("ended_at", BigInteger, nullable=True),
     Column("outcome", String(20), nullable=True),
     Column("error", Text, nullable=True),
+    # Lines appended with task_log so far: the next line's seq (orch_task_logs).
+    Column("log_lines", Integer, nullable=False, server_default=text("0")),
     CheckConstraint(
         "outcome IS NULL OR " + _one_of("outcome", ["completed", "failed", "expired", "cancelled", "released"]),
         name="outcome",
     ),
+)
+
+TASK_LOG_LEVELS = ("debug", "info", "warning", "error")
+
+# Lines an attempt's holder wrote with task_log; each attempt keeps its newest lines up to a bound.
+task_logs = Table(
+    "orch_task_logs",
+    metadata,
+    Column("task_id", String(ID), ForeignKey("orch_tasks.id"), primary_key=True),
+    Column("attempt", Integer, primary_key=True),
+    Column("seq", Integer, primary_key=True),
+    Column("at", BigInteger, nullable=False),
+    Column("level", String(10), nullable=False),
+    Column("line", Text, nullable=False),
+    CheckConstraint(_one_of("level", list(TASK_LOG_LEVELS)), name="level"),
 )
 
 # Every resource ever locked: its semaphore capacity and the last fencing token it issued. Rows

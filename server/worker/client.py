@@ -104,14 +104,18 @@ class FleetClient:
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def call(self, tool: str, arguments: dict[str, Any], timeout: float = CALL_TIMEOUT_S) -> dict[str, Any]:
-        """One tools/call; the structured result, or one of this module's exceptions."""
+    async def call(
+        self, tool: str, arguments: dict[str, Any], timeout: float = CALL_TIMEOUT_S, traceparent: str | None = None
+    ) -> dict[str, Any]:
+        """One tools/call; the structured result, or one of this module's exceptions. With a
+        `traceparent` (the task's), the call joins that trace (MCP `_meta.traceparent`)."""
         request_id = next(self._ids)
+        meta = self._meta if traceparent is None else {**self._meta, "traceparent": traceparent}
         body = {
             "jsonrpc": "2.0",
             "id": request_id,
             "method": "tools/call",
-            "params": {"name": tool, "arguments": arguments, "_meta": self._meta},
+            "params": {"name": tool, "arguments": arguments, "_meta": meta},
         }
         try:
             response = await self._http.post(
@@ -142,7 +146,7 @@ class FleetClient:
         return structured
 
     async def call_retrying(
-        self, tool: str, arguments: dict[str, Any], timeout: float = CALL_TIMEOUT_S
+        self, tool: str, arguments: dict[str, Any], timeout: float = CALL_TIMEOUT_S, traceparent: str | None = None
     ) -> dict[str, Any]:
         """`call`, retried while the server is unreachable or rate-limits: forever once it has answered
         (it is restarting), for FIRST_CONTACT_S before it ever has (then the URL is likely wrong)."""
@@ -150,7 +154,7 @@ class FleetClient:
         started = time.monotonic()
         while True:
             try:
-                return await self.call(tool, arguments, timeout)
+                return await self.call(tool, arguments, timeout, traceparent)
             except Unreachable as exc:
                 if not self.reached and time.monotonic() - started > FIRST_CONTACT_S:
                     raise NeverReached(

@@ -13,13 +13,14 @@ import asyncio
 import contextlib
 import os
 import signal
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 KILL_GRACE_S = 3.0  # SIGTERM, then this long, then SIGKILL
 PIPE_GRACE_S = 2.0  # after it exits: how long leftovers may keep its pipes open
 CHUNK = 65_536
 STDERR_KEEP = 16_384  # bytes of stderr kept (the report quotes its last 2,000 characters)
+LINE_MAX_BYTES = 16_384  # a stderr "line" longer than this is passed on in pieces
 
 
 @dataclass(frozen=True)
@@ -39,8 +40,16 @@ class Finished:
 
 
 class Command:
-    def __init__(self, process: asyncio.subprocess.Process, stdin: bytes, stdout_cap: int) -> None:
+    def __init__(
+        self,
+        process: asyncio.subprocess.Process,
+        stdin: bytes,
+        stdout_cap: int,
+        on_stderr_line: Callable[[str], None] | None = None,
+    ) -> None:
         self.process = process
+        self._on_line = on_stderr_line
+        self._partial = bytearray()
         self.pid = process.pid
         self._stdout_cap = stdout_cap
         self._stdout = bytearray()
@@ -54,8 +63,16 @@ class Command:
         ]
 
     @classmethod
-    async def start(cls, argv: Sequence[str], stdin: bytes, env: Mapping[str, str], stdout_cap: int) -> Command:
-        """Raises OSError when it cannot be started (not found, not executable)."""
+    async def start(
+        cls,
+        argv: Sequence[str],
+        stdin: bytes,
+        env: Mapping[str, str],
+        stdout_cap: int,
+        on_stderr_line: Callable[[str], None] | None = None,
+    ) -> Command:
+        """Raises OSError when it cannot be started (not found, not executable). Each line the
+        command writes on stderr goes to `on_stderr_line` as it comes."""
         process = await asyncio.create_subprocess_exec(
             *argv,
             stdin=asyncio.subprocess.PIPE,
@@ -66,7 +83,7 @@ class Command:
             # worker's session, so the supervisor's kill of a process agent reaches it too.
             process_group=0,
         )
-        return cls(process, stdin, stdout_cap)
+        return cls(process, stdin, stdout_cap, on_stderr_line)
 
     async def wait(self) -> Finished:
         """Until it has exited and its pipes are closed."""
@@ -126,3 +143,19 @@ class Command:
             self._stderr += chunk
             if len(self._stderr) > 2 * STDERR_KEEP:
                 del self._stderr[:-STDERR_KEEP]
+            if self._on_line is not None:
+                self._lines(chunk)
+        if self._on_line is not None and self._partial:  # a last line without a line break
+            self._on_line(self._partial.decode("utf-8", errors="replace"))
+            self._partial.clear()
+
+    def _lines(self, chunk: bytes) -> None:
+        assert self._on_line is not None
+        self._partial += chunk
+        *complete, rest = self._partial.split(b"\n")
+        for line in complete:
+            self._on_line(line.rstrip(b"\r").decode("utf-8", errors="replace"))
+        self._partial = bytearray(rest)
+        while len(self._partial) > LINE_MAX_BYTES:
+            self._on_line(self._partial[:LINE_MAX_BYTES].decode("utf-8", errors="replace"))
+            del self._partial[:LINE_MAX_BYTES]

@@ -41,6 +41,7 @@ class WorkerConfig:
     name: str | None = None
     wait_s: float = 20.0
     max_tasks: int | None = None
+    traced: bool = False  # a tracer provider is installed: each task's run is a span of its trace
 
     def __repr__(self) -> str:  # never the token
         return f"WorkerConfig(url={self.url!r}, profile={self.profile!r}, argv={list(self.argv)!r})"
@@ -119,7 +120,7 @@ async def _work_as(config: WorkerConfig, token: str, stop: asyncio.Event) -> int
     client = FleetClient(config.url, token)
     env = {**os.environ, "AGENTFLEET_URL": config.url, "AGENTFLEET_TOKEN": token}  # never the operator's token
     cap = int(os.environ.get("AGENTFLEET_MAX_PAYLOAD_BYTES") or DEFAULT_OUTPUT_CAP)
-    runner = TaskRunner(client, config.argv, env, cap)
+    runner = TaskRunner(client, config.argv, env, cap, config.traced)
     try:
         return await _claim_loop(config, client, runner, stop)
     except ProtocolError as exc:

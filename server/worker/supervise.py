@@ -19,11 +19,13 @@ import json
 import logging
 import time
 from collections.abc import Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
 from server.worker.client import FleetClient, ProtocolError, ToolError, Unauthorized
 from server.worker.command import Command, Finished
+from server.worker.task_log import StderrToTaskLog
 
 STDERR_QUOTE = 2000  # characters of stderr quoted in an error
 STDOUT_QUOTE = 200  # characters of bad stdout quoted
@@ -48,26 +50,66 @@ class TimedOut:
     after_s: int
 
 
+# The trace context of the task being run (one task at a time per runner, but tasks never share it).
+_task_trace: ContextVar[str | None] = ContextVar("agentfleet_worker_trace", default=None)
+
+
 @dataclass(frozen=True)
 class TaskRunner:
     client: FleetClient
     argv: Sequence[str]
     env: Mapping[str, str]  # the command's environment (without the task id)
     stdout_cap: int
+    traced: bool = False  # this process exports spans: the run is a span in the task's trace
 
     async def run(self, task: dict[str, Any]) -> None:
+        """The task's trace context (if the server traces) goes to the command as TRACEPARENT and
+        with every call made for the task, so all of it lands in the task's trace."""
+        traceparent = task.get("traceparent") if isinstance(task.get("traceparent"), str) else None
+        if not self.traced:
+            await self._run(task, traceparent)
+            return
+        from server import tracing
+
+        attributes = {
+            "agentfleet.task.id": task["id"],
+            "agentfleet.task.type": task.get("type"),
+            "agentfleet.task.attempt": task.get("attempts"),
+            "agentfleet.agent.id": task.get("agent_id"),
+        }
+        with tracing.tracer.start_as_current_span(
+            f"worker.run {task.get('type')}",
+            context=tracing.context_from(traceparent),
+            attributes={k: v for k, v in attributes.items() if v is not None},
+        ) as span:
+            await self._run(task, tracing.traceparent_of(span) or traceparent)
+
+    async def _run(self, task: dict[str, Any], traceparent: str | None) -> None:
         task_id = task["id"]
+        _task_trace.set(traceparent)
         started = time.monotonic()
         attempt = f"attempt {task.get('attempts')} of {task.get('max_attempts')}"
         log.info("claimed %s (type %s, %s)", task_id, task.get("type"), attempt)
+        stderr = StderrToTaskLog(self.client, task_id, traceparent)
+        env = {**self.env, "AGENTFLEET_TASK_ID": task_id}
+        if traceparent is not None:
+            env["TRACEPARENT"] = traceparent
         try:
             command = await Command.start(
-                self.argv, json.dumps(task).encode(), {**self.env, "AGENTFLEET_TASK_ID": task_id}, self.stdout_cap
+                self.argv,
+                json.dumps(task).encode(),
+                env,
+                self.stdout_cap,
+                on_stderr_line=stderr.line,
             )
         except OSError as exc:
+            await stderr.close()
             await self._fail(task_id, started, f"could not start the command {self.argv[0]!r}: {exc}", True)
             return
-        verdict = await self._watch(task, command)
+        try:
+            verdict = await self._watch(task, command)
+        finally:
+            await stderr.close()  # while the attempt is still ours
         if isinstance(verdict, Finished):
             await self._report(task_id, started, verdict)
         elif isinstance(verdict, Cancelled):
@@ -107,7 +149,9 @@ class TaskRunner:
         while True:
             await asyncio.sleep(every_s)
             try:
-                lease = await self.client.call_retrying("task_heartbeat", {"task_id": task_id})
+                lease = await self.client.call_retrying(
+                    "task_heartbeat", {"task_id": task_id}, traceparent=_task_trace.get()
+                )
             except ToolError as exc:
                 if exc.code in LOST:
                     return Lost(exc.text)
@@ -138,7 +182,9 @@ class TaskRunner:
             await self._fail(task_id, started, error + stderr, False)
             return
         try:
-            await self.client.call_retrying("task_complete", {"task_id": task_id, "result": result})
+            await self.client.call_retrying(
+                "task_complete", {"task_id": task_id, "result": result}, traceparent=_task_trace.get()
+            )
         except Unauthorized as exc:
             log.warning("task_complete %s not recorded: %s", task_id, exc)
             return
@@ -152,7 +198,11 @@ class TaskRunner:
 
     async def _fail(self, task_id: str, started: float, error: str, retryable: bool) -> None:
         try:
-            await self.client.call_retrying("task_fail", {"task_id": task_id, "error": error, "retryable": retryable})
+            await self.client.call_retrying(
+                "task_fail",
+                {"task_id": task_id, "error": error, "retryable": retryable},
+                traceparent=_task_trace.get(),
+            )
         except ToolError as exc:
             log.warning("task_fail %s refused after %.2f s: %s", task_id, _since(started), exc.text)
             return

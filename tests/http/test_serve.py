@@ -98,6 +98,7 @@ CONTRACT_TOOLS = ISSUE_2_TOOLS | {
     # Issue 24 asks for deprecated and retired templates without naming tools; the changelog lists them.
     "workflow_template_deprecate",
     "workflow_template_retire",
+    "task_log",
 }
 READ_ONLY_TOOLS = {
     "fleet_status",

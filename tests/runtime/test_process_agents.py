@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from server.runtime import process
 from tests.helpers import call, call_error
@@ -257,6 +258,15 @@ async def test_an_agent_that_keeps_crashing_is_failed_after_max_restarts_and_age
         agent_id = (await call(admin, "agent_spawn", profile="crasher"))["agent"]["id"]
         failed = await agent_in(admin, agent_id, "failed")
         assert failed["process"]["restarts"] == 2
+        async with server.http(server.admin_token) as http:
+            scraped = (await http.get("/metrics")).text
+        exits = {
+            s.labels["outcome"]: s.value
+            for family in text_string_to_metric_families(scraped)
+            for s in family.samples
+            if s.name == "agentfleet_process_agent_exits_total" and s.labels["profile"] == "crasher"
+        }
+        assert exits == {"restarted": 2, "failed": 1}
         assert failed["process"]["last_exit"] == "exit 3"
         assert failed["process"]["pid"] is None
         trail = await call(admin, "audit_query", subject=agent_id, limit=50)

@@ -300,6 +300,15 @@ BAD_CALLS: list[tuple[str, dict[str, Any], str]] = [
     ("profile_compare", {"name": "worker", "version_a": "1.0.0", "version_b": "3.0.0"}, "not_found"),
     ("workflow_template_deprecate", {"template": "research-review-report"}, "invalid_input"),
     ("workflow_template_retire", {"template": "no-such-template@1.0.0"}, "not_found"),
+    ("task_log", {"task_id": "tsk_0000NOSUCHTASK", "lines": ["a\x00b"]}, "invalid_input"),
+    ("task_log", {"task_id": "tsk_0000NOSUCHTASK", "lines": ["x" * 4001]}, "invalid_input"),
+    ("task_log", {"task_id": "tsk_0000NOSUCHTASK", "lines": [1]}, "invalid_input"),
+    ("task_log", {"task_id": "tsk_0000NOSUCHTASK", "lines": "one line"}, "invalid_input"),
+    ("task_log", {"task_id": "tsk_0000NOSUCHTASK", "lines": ["a"], "text": "b"}, "invalid_input"),
+    ("task_log", {"task_id": "tsk_0000NOSUCHTASK"}, "invalid_input"),
+    ("task_log", {"task_id": "tsk_0000NOSUCHTASK", "lines": ["a"], "level": "loud"}, "invalid_input"),
+    ("task_log", {"task_id": "tsk_0000NOSUCHTASK", "lines": ["a"] * 201}, "invalid_input"),
+    ("task_log", {"task_id": "tsk_0000NOSUCHTASK", "lines": ["a"]}, "not_found"),
     ("no_such_tool", {}, "not_found"),
 ]
 

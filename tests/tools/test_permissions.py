@@ -273,6 +273,10 @@ async def _task_fail(f: Fleet, ok: bool) -> dict[str, Any]:
     return {"task_id": await _leased_to_me(f) if ok else f.leased, "error": "boom", "retryable": False}
 
 
+async def _task_log(f: Fleet, ok: bool) -> dict[str, Any]:
+    return {"task_id": await _leased_to_me(f) if ok else f.leased, "lines": ["step 1"]}
+
+
 async def _lock_renew(f: Fleet, ok: bool) -> dict[str, Any]:
     if ok and f.role is Role.ADMIN:
         own = await call(f.admin, "lock_acquire", resources=[ex(f.unique("device:admin"))], ttl_s=60)
@@ -430,6 +434,7 @@ ARGUMENTS: dict[str, Arguments] = {
     "task_heartbeat": _with(lambda f: {"task_id": f.leased, "progress": 50}),
     "task_complete": _task_complete,
     "task_fail": _task_fail,
+    "task_log": _task_log,
     "lock_acquire": _with(lambda f: {"resources": [ex(f.unique("device:d"))], "ttl_s": 60}),
     "lock_renew": _lock_renew,
     "lock_release": _lock_release,
