@@ -29,7 +29,7 @@ async def listen_for_wakeups(services: Services) -> None:
                     services.wakeups.subscribed()
                     continue
                 if channel == EVENT_CHANNEL:
-                    services.wakeups.notified()
+                    services.wakeups.notified(payload)
                 else:
                     _deliver(services, payload)
         except (psycopg.Error, OSError) as exc:

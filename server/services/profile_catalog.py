@@ -156,8 +156,8 @@ class ProfileCatalog:
                 "updated_at": now,
                 "revision": revision,
             }
+            # Not audited, like the shipped workflow templates: the row itself says it came from a file.
             insert_ignoring_duplicates(conn, profiles, values, ["name", "version"])
-            audit.record(conn, now, SHIPPED, "profile.import", profile.ref, {"runtime": profile.runtime.value})
             revision += 1
 
     # -- register and lifecycle ------------------------------------------------------------------

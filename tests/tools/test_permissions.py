@@ -347,7 +347,9 @@ async def _own_trigger(f: Fleet, ok: bool) -> dict[str, Any]:
     """A trigger the role may see: made by itself when it may make one, else by the admin."""
     maker = f.me if ok and f.role in (Role.ADMIN, Role.OPERATOR) else f.admin
     name = f.unique("hook-")
-    await call(maker, "trigger_create", name=name, kind="webhook", task={"type": "build"})
+    # Its task needs a capability no agent has: the walk's agent must not claim it in place of its own.
+    task = {"type": "build", "capabilities": ["trigger-walk"], "allow_unroutable": True}
+    await call(maker, "trigger_create", name=name, kind="webhook", task=task)
     return {"trigger": name}
 
 

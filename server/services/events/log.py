@@ -29,6 +29,7 @@ from server.domain.principal import Principal
 from server.domain.storable import scrubbed
 from server.errors import InvalidInput
 from server.ids import EVENT, new_id
+from server.services.events.keys import announcement
 from server.store.database import announce_events, before_commit, tx_local
 from server.store.dialect import insert_ignoring_duplicates, notify
 from server.store.tables import event_log
@@ -175,7 +176,7 @@ def _write(conn: Connection) -> None:
     finally:
         cursor.close()
     if conn.dialect.name == "postgresql":
-        notify(conn, EVENT_CHANNEL, {})
+        notify(conn, EVENT_CHANNEL, announcement(rows))
     announce_events(conn, rows)
 
 
