@@ -22,7 +22,7 @@ PROFILES = ["developer", "reviewer", "researcher", "default", "developer"]
 PRIORITIES = ["critical", "high", "normal", "low"]
 BURST = 12
 # Detail fields: agent_get / task_get (and some writes) fill them, lists and other writes leave them null.
-DETAIL_ONLY = frozenset({"children", "attempt_history", "feedback"})
+DETAIL_ONLY = frozenset({"children", "attempt_history", "feedback", "log_tail"})
 
 
 def _by_id(items: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:

@@ -209,7 +209,7 @@ class MessageService:
             .join(inbox, inbox.c.message_id == messages.c.id)
             .where(inbox.c.recipient.in_(_inboxes_of(principal)))
             .where(or_(messages.c.expires_at.is_(None), messages.c.expires_at > now))
-            .order_by(messages.c.id.desc())
+            .order_by(inbox.c.message_id.desc())
             .limit(limit + 1)
         )
         if unread_only:
@@ -219,7 +219,7 @@ class MessageService:
         if sender is not None:
             query = query.where(messages.c.sender == sender)
         if cursor is not None:
-            query = query.where(messages.c.id < cursor)
+            query = query.where(inbox.c.message_id < cursor)
         rows = conn.execute(query).all()
         page = [MessageView.of(row, row.read_at, row.acked_at) for row in rows[:limit]]
         return MessagePage(messages=page, next_cursor=page[-1].id if len(rows) > limit else None)
