@@ -91,6 +91,13 @@ class Instruments:
             registry=None,
             buckets=_DURATION_BUCKETS,
         )
+        self.webhooks = Counter(
+            "agentfleet_webhook_deliveries",
+            "Deliveries to /hooks/{name}, by outcome: created, duplicate (a redelivery), unauthorized (bad "
+            "or no signature: nothing stored), invalid (not JSON, too big, unstorable text), not_found",
+            ["outcome"],
+            registry=None,
+        )
         self.spend = Counter(
             "agentfleet_spend_usd",
             "Money recorded with usage_record (USD), by model and the spending agent's profile",
@@ -108,6 +115,7 @@ class Instruments:
             self.approval_latency,
             self.process_exits,
             self.step_time,
+            self.webhooks,
         )
 
     # -- what the services call ------------------------------------------------------------------
@@ -130,6 +138,9 @@ class Instruments:
 
     def step_finished(self, workflow: str, status: str, ran_us: int) -> None:
         self.step_time.labels(self.workflow(workflow), status).observe(max(ran_us, 0) / 1_000_000)
+
+    def webhook(self, outcome: str) -> None:
+        self.webhooks.labels(outcome).inc()
 
     def spent(self, model: str | None, profile: str | None, usd: Decimal) -> None:
         if usd > 0:

@@ -15,6 +15,7 @@ from server.services.container import Services
 
 MAX_BODY_BYTES = 1024 * 1024
 _STATUS = {NotFound: 404, PermissionDenied: 401, InvalidInput: 400}
+_OUTCOME = {404: "not_found", 401: "unauthorized", 400: "invalid", 413: "invalid"}
 
 
 async def _bounded_body(request: Request) -> bytes:
@@ -44,7 +45,10 @@ def webhook_endpoint(services: Services) -> Callable[[Request], Awaitable[Respon
             body = await _bounded_body(request)
             run, new = await services.triggers.receive_webhook(request.path_params["name"], dict(request.headers), body)
         except FleetError as exc:
-            return _error(exc)
+            refused = _error(exc)
+            services.instruments.webhook(_OUTCOME.get(refused.status_code, "error"))
+            return refused
+        services.instruments.webhook("created" if new else "duplicate")
         return JSONResponse(run.model_dump(mode="json"), status_code=202 if new else 200)
 
     return endpoint

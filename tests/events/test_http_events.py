@@ -4,6 +4,7 @@ bad ones are refused with nothing stored, and /events resumes from Last-Event-ID
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from typing import TYPE_CHECKING
 
@@ -90,6 +91,10 @@ async def test_bad_deliveries_are_refused_and_store_nothing(shared_fleet: FleetS
     async with shared_fleet.mcp() as admin:
         got = await call(admin, "trigger_get", trigger=name)
     assert got["runs"] == [] and got["fired"] == 0
+    async with shared_fleet.http(shared_fleet.admin_token) as http:
+        metrics = (await http.get("/metrics")).text
+    refused = re.search(r'^agentfleet_webhook_deliveries_total\{outcome="unauthorized"\} (\d+)', metrics, re.M)
+    assert refused is not None and float(refused.group(1)) >= 2  # the forged and the unsigned one
 
 
 async def _read_events(response, kind: str, count: int) -> list[tuple[str, str, dict]]:
