@@ -338,3 +338,21 @@ def test_usage_errors_exit_2(args: list[str], env: dict[str, str], says: str) ->
         timeout=30,
     )
     assert done.returncode == 2 and says in done.stderr, done
+
+
+async def test_a_process_agents_python_is_its_own_even_when_path_finds_another(tmp_path, monkeypatch):
+    """In a process agent, `python` is the worker's interpreter: a PATH lookup could find a launcher
+    (a pyenv shim) the agent's sandbox may not run. A worker started by hand keeps PATH's python."""
+    from server.worker.command import Command
+
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "python").write_text("#!/bin/sh\nexit 126\n")
+    (fake / "python").chmod(0o755)
+    argv = ["python", "-c", "print('own')"]
+    monkeypatch.setenv("AGENTFLEET_AGENT_ID", "agt_0000TESTAGENT")
+    in_agent = await (await Command.start(argv, b"", {"PATH": str(fake)}, 10_000)).wait()
+    monkeypatch.delenv("AGENTFLEET_AGENT_ID")
+    by_hand = await (await Command.start(argv, b"", {"PATH": str(fake)}, 10_000)).wait()
+    assert (in_agent.returncode, in_agent.stdout.strip()) == (0, b"own")
+    assert by_hand.returncode == 126

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -21,6 +22,17 @@ PIPE_GRACE_S = 2.0  # after it exits: how long leftovers may keep its pipes open
 CHUNK = 65_536
 STDERR_KEEP = 16_384  # bytes of stderr kept (the report quotes its last 2,000 characters)
 LINE_MAX_BYTES = 16_384  # a stderr "line" longer than this is passed on in pieces
+
+
+def own_python(argv: Sequence[str]) -> list[str]:
+    """In a process agent the server runs (AGENTFLEET_AGENT_ID is set by it), `python` / `python3`
+    at the head of a command is the worker's own interpreter, as it is in the server's own command
+    line: a PATH lookup may find a launcher (a pyenv shim, say) that the agent's sandbox does not
+    let it run. A worker someone starts by hand keeps PATH's `python`, which may be their project's."""
+    head, *rest = argv
+    if head in ("python", "python3") and os.environ.get("AGENTFLEET_AGENT_ID"):
+        return [sys.executable, *rest]
+    return [head, *rest]
 
 
 @dataclass(frozen=True)
@@ -74,7 +86,7 @@ class Command:
         """Raises OSError when it cannot be started (not found, not executable). Each line the
         command writes on stderr goes to `on_stderr_line` as it comes."""
         process = await asyncio.create_subprocess_exec(
-            *argv,
+            *own_python(argv),
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
