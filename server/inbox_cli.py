@@ -35,7 +35,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 
 def run(args: argparse.Namespace) -> int:
-    url, token = operator_cli._connection(args)
+    url, token = operator_cli.connection(args)
     return asyncio.run(_run(url, token, args))
 
 

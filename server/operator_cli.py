@@ -276,7 +276,7 @@ def _payload(text: str | None) -> Any:
 
 
 # -- running one ----------------------------------------------------------------------------------
-def _connection(args: argparse.Namespace) -> tuple[str, str]:
+def connection(args: argparse.Namespace) -> tuple[str, str]:
     url = args.url or os.environ.get("AGENTFLEET_URL") or "http://127.0.0.1:8765"
     token = args.token or os.environ.get("AGENTFLEET_TOKEN")
     if token is None:
@@ -293,7 +293,7 @@ def _connection(args: argparse.Namespace) -> tuple[str, str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    url, token = _connection(args)
+    url, token = connection(args)
     call = call_for(args)
     return asyncio.run(_run(url, token, call, args))
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from contextlib import ExitStack, suppress
 from dataclasses import dataclass
 from typing import Literal
@@ -40,14 +40,6 @@ class TaskWaitOutcome:
 
 def _task_reached(view: TaskView, until: frozenset[str]) -> bool:
     return view.status in FINAL_TASK or view.status in until
-
-
-def check_until(until: Iterable[str] | None, allowed: Iterable[str]) -> frozenset[str]:
-    wanted = frozenset(until or ())
-    unknown = sorted(wanted - set(allowed))
-    if unknown:
-        raise InvalidInput(f"until names no status: {', '.join(unknown)}; use {', '.join(sorted(allowed))}")
-    return wanted
 
 
 class WaitService:

@@ -279,10 +279,6 @@ class EventBus:
         self._waiters: set[asyncio.Event] = set()
         self.closed = False
 
-    @property
-    def followers(self) -> int:
-        return len(self._waiters)
-
     def wake(self) -> None:
         for waiter in self._waiters:
             waiter.set()
